@@ -1,0 +1,1 @@
+"""Core datarax modules."""

@@ -1,0 +1,89 @@
+"""Vectorised metadata for a whole batch of records (``MetadataManager.create_batch_metadata``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from datarax.core._checks import check_source_info
+from datarax.core._keys import encode_key_bytes
+from datarax.core._keystream import host_count, key_stream
+from datarax.core._record import RecordMetadata
+
+if TYPE_CHECKING:
+    from datarax.core._manager import MetadataManager
+
+_U32 = 0xFFFFFFFF
+
+
+def record_key_array(record_keys: Any) -> np.ndarray:
+    """``record_keys`` as a 1-D NumPy array of integers or of strings, checked."""
+    keys = record_keys if isinstance(record_keys, np.ndarray) else np.asarray(record_keys)
+    if keys.ndim != 1:
+        raise ValueError(f"record_keys must be 1-D (one key per record), got shape {keys.shape}.")
+    kind = keys.dtype.kind
+    if kind in "iu":
+        return keys
+    if kind == "U":
+        # 32 characters are at most 128 UTF-8 bytes: only longer keys need the exact check.
+        if keys.size and (
+            np.strings.str_len(keys).max() > 32 or np.strings.find(keys, "\x00").max() >= 0
+        ):
+            for key in keys:
+                encode_key_bytes(str(key))
+        return keys
+    raise TypeError(
+        "record_keys must be all ints or all strs (a list, tuple or 1-D NumPy array), "
+        f"got elements that make a {keys.dtype} array."
+    )
+
+
+def create_batch(
+    manager: MetadataManager, record_keys: Any, source_info: dict[str, Any] | None
+) -> RecordMetadata:
+    """See :meth:`MetadataManager.create_batch_metadata`."""
+    keys = record_key_array(record_keys)
+    check_source_info(source_info)
+    n = len(keys)
+    s = manager.state.get_value()
+    for name in ("index", "epoch", "global_step"):
+        if not isinstance(s[name], int):
+            raise TypeError(
+                f"create_batch_metadata needs int counters; state[{name!r}] is "
+                f"{type(s[name]).__name__}."
+            )
+    dtype = jax.dtypes.canonicalize_dtype(np.int64)
+    top = max(s["index"], s["global_step"], s["epoch"], s["batch_idx"] or 0, manager.shard_id or 0)
+    if top + n > np.iinfo(dtype).max:
+        raise OverflowError(f"Counters up to {top + n} do not fit the integer dtype {dtype}.")
+
+    def full(value: int | None) -> np.ndarray | None:
+        return None if value is None else np.full(n, value, dtype=dtype)
+
+    rng_key = None
+    rngs = manager.rngs
+    stream = None if rngs is None else vars(rngs).get("metadata")
+    if stream is not None:
+        count = host_count(stream)
+        keystream = key_stream(stream.key._raw_value) if count is not None else None
+        if keystream is None:
+            raise TypeError(
+                "create_batch_metadata needs the 'metadata' stream to hold one concrete key "
+                "and count (not a split stream or traced values)."
+            )
+        rng_key = keystream.derive_batch(count, n)
+        stream.count.set_value(np.array((count + n) & _U32, dtype=np.uint32))
+    record = RecordMetadata(
+        index=np.arange(s["index"], s["index"] + n, dtype=dtype),
+        record_key=keys,
+        rng_key=rng_key,
+        epoch=full(s["epoch"]),
+        global_step=np.arange(s["global_step"], s["global_step"] + n, dtype=dtype),
+        batch_idx=full(s["batch_idx"]),
+        shard_id=full(manager.shard_id),
+        source_info=source_info,
+    )
+    manager.state.set_value({**s, "index": s["index"] + n, "global_step": s["global_step"] + n})
+    return record

@@ -1,0 +1,211 @@
+"""``MetadataManager``: the counters and RNG stream that give each record its metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from datarax.core._checks import check_counter, check_source_info
+from datarax.core._keys import encode_key_bytes
+from datarax.core._batch import create_batch
+from datarax.core._keystream import host_count, key_stream
+from datarax.core._record import PENDING, RecordMetadata
+
+STREAM = "metadata"
+"""Name of the ``nnx.Rngs`` stream that record keys are drawn from."""
+
+_U32 = 0xFFFFFFFF
+_new = object.__new__
+_set = object.__setattr__
+
+
+class MetadataManager(nnx.Module):
+    """Utility module for managing metadata state in data sources.
+
+    This is a composable utility that data sources can optionally include to track and
+    manage metadata like epochs, global steps, and indices. It's designed to be used via
+    composition rather than inheritance.
+
+    When ``rngs`` has a stream named ``metadata``, each record gets an ``rng_key``
+    bit-identical to what calling that stream once per record returns
+    (``fold_in(stream_key, count)``, the count advancing by one per record). Other streams
+    are never used, so a pipeline does not consume a model's ``params`` or ``dropout``
+    randomness; without a ``metadata`` stream records have ``rng_key=None``.
+
+    Keys are derived lazily, in vectorised windows, when a record's ``rng_key`` is first
+    read. What the manager shows is always the logical position, the records actually
+    handed out: ``state`` holds the counters, and the ``metadata`` stream's ``count`` the
+    number of keys drawn (kept as a host NumPy ``uint32`` array, so that advancing it costs
+    no device operation).
+
+    Args:
+        rngs: Optional Rngs for generating RNG keys in metadata.
+        initial_epoch: Starting epoch number.
+        initial_step: Starting global step count.
+        track_batches: Whether to track batch indices.
+        shard_id: Optional shard identifier for distributed processing.
+
+    Attributes:
+        state: ``nnx.Variable`` holding ``{'global_step', 'epoch', 'index', 'batch_idx'}``
+            (``batch_idx`` is ``0`` when tracking batches, else ``None``).
+
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> manager = MetadataManager(rngs=nnx.Rngs(metadata=0), track_batches=True)
+        >>> first = manager.create_metadata(record_key=17)
+        >>> (first.index, first.global_step, first.batch_idx)
+        (0, 0, 0)
+        >>> manager.state.get_value()
+        {'global_step': 1, 'epoch': 0, 'index': 1, 'batch_idx': 0}
+        >>> batch = manager.create_batch_metadata([18, 19, 20])
+        >>> batch.index
+        array([1, 2, 3], dtype=int32)
+    """
+
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs | None = None,
+        initial_epoch: int = 0,
+        initial_step: int = 0,
+        track_batches: bool = False,
+        shard_id: int | None = None,
+    ) -> None:
+        if rngs is not None and not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"rngs must be an nnx.Rngs or None, got {type(rngs).__name__}.")
+        if not isinstance(track_batches, bool):
+            raise TypeError(f"track_batches must be a bool, got {type(track_batches).__name__}.")
+        for name, value in (("initial_epoch", initial_epoch), ("initial_step", initial_step)):
+            if not isinstance(value, int | np.integer):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}.")
+            check_counter(name, value)
+        if shard_id is not None and not isinstance(shard_id, int | np.integer):
+            raise TypeError(f"shard_id must be an int or None, got {type(shard_id).__name__}.")
+        check_counter("shard_id", shard_id, optional=True)
+        self.rngs = rngs
+        self.shard_id = None if shard_id is None else int(shard_id)
+        self.track_batches = track_batches
+        self.state = nnx.Variable(
+            {
+                "global_step": int(initial_step),
+                "epoch": int(initial_epoch),
+                "index": 0,
+                "batch_idx": 0 if track_batches else None,
+            }
+        )
+
+    def create_metadata(
+        self, record_key: Any, source_info: dict[str, Any] | None = None
+    ) -> RecordMetadata:
+        """Create metadata for a record and update internal state.
+
+        Args:
+            record_key: Reference to the actual record. A ``str`` key may be at most 128
+                UTF-8 bytes.
+            source_info: Optional source-specific metadata.
+
+        Returns:
+            RecordMetadata instance with current state. Then ``index`` and ``global_step``
+            each advance by one.
+
+        Raises:
+            ValueError: A ``str`` record key longer than 128 UTF-8 bytes or with a NUL.
+            TypeError: ``source_info`` is not a dict.
+        """
+        if type(record_key) is str and (len(record_key) > 32 or "\x00" in record_key):
+            encode_key_bytes(record_key)  # 32 characters are at most 128 bytes
+        if source_info is not None and type(source_info) is not dict:
+            check_source_info(source_info)
+        var = self.state
+        s = var._raw_value
+        if type(s) is not dict or type(s["index"]) is not int or type(s["global_step"]) is not int:
+            return self._create_generic(record_key, source_info)
+        rng_key = None
+        rng_source = None
+        rngs = self.rngs
+        if rngs is not None:
+            stream = vars(rngs).get(STREAM)
+            if stream is not None:
+                count = host_count(stream)
+                keys = key_stream(stream.key._raw_value) if count is not None else None
+                if keys is None:
+                    return self._create_generic(record_key, source_info)
+                _set(stream.count, "_raw_value", np.array((count + 1) & _U32, dtype=np.uint32))
+                rng_key = PENDING
+                rng_source = (keys, count)
+        index = s["index"]
+        step = s["global_step"]
+        epoch = s["epoch"]
+        batch_idx = s["batch_idx"]
+        _set(var, "_raw_value",
+             {"global_step": step + 1, "epoch": epoch, "index": index + 1, "batch_idx": batch_idx})  # fmt: skip
+        record = _new(RecordMetadata)
+        record.__dict__.update(
+            index=index, record_key=record_key, rng_key=rng_key, epoch=epoch, global_step=step,
+            batch_idx=batch_idx, shard_id=self.shard_id, source_info=source_info,
+            _rng_source=rng_source,
+        )  # fmt: skip
+        return record
+
+    def _create_generic(
+        self, record_key: Any, source_info: dict[str, Any] | None
+    ) -> RecordMetadata:
+        """The straightforward path, for counters that are arrays or tracers (inside
+        ``nnx`` transforms) and streams whose key is not a single key."""
+        rng_key = None
+        if self.rngs is not None and STREAM in vars(self.rngs):
+            rng_key = getattr(self.rngs, STREAM)()
+        s = self.state.get_value()
+        record = RecordMetadata(
+            index=s["index"], record_key=record_key, rng_key=rng_key, epoch=s["epoch"],
+            global_step=s["global_step"], batch_idx=s["batch_idx"], shard_id=self.shard_id,
+            source_info=source_info,
+        )  # fmt: skip
+        self.state.set_value({**s, "index": s["index"] + 1, "global_step": s["global_step"] + 1})
+        return record
+
+    def create_batch_metadata(
+        self, record_keys: Any, source_info: dict[str, Any] | None = None
+    ) -> RecordMetadata:
+        """Creates the metadata of a whole batch at once.
+
+        Equal, element by element and key by key, to calling :meth:`create_metadata` once
+        per record key, and leaves the manager in the same state.
+
+        Args:
+            record_keys: A sequence or 1-D array of record keys, all ints or all strs.
+            source_info: Optional source-specific metadata, shared by the batch.
+
+        Returns:
+            One RecordMetadata whose fields are arrays with a leading axis of
+            ``len(record_keys)``: NumPy integer arrays for the counters (JAX's default
+            integer dtype), a typed key array for ``rng_key``, and ``record_keys`` as a
+            NumPy array.
+
+        Raises:
+            TypeError: Keys of mixed or unsupported types, or counters that are not ints.
+            ValueError: Keys not 1-D, or a ``str`` key longer than 128 UTF-8 bytes.
+            OverflowError: Counters would pass the range of the integer dtype.
+        """
+        return create_batch(self, record_keys, source_info)
+
+    def next_epoch(self) -> None:
+        """Advances to the next epoch: ``epoch + 1``, ``index`` back to 0."""
+        s = self.state.get_value()
+        self.state.set_value({**s, "epoch": s["epoch"] + 1, "index": 0})
+
+    def next_batch(self) -> None:
+        """Advances ``batch_idx`` by one when tracking batches; otherwise does nothing."""
+        if self.track_batches:
+            s = self.state.get_value()
+            self.state.set_value({**s, "batch_idx": s["batch_idx"] + 1})
+
+    def reset(self) -> None:
+        """Resets ``global_step``, ``epoch`` and ``index`` to 0 (``batch_idx`` to 0 when
+        tracking batches). The ``metadata`` stream is not rewound."""
+        s = self.state.get_value()
+        batch_idx = 0 if self.track_batches else s["batch_idx"]
+        self.state.set_value({"global_step": 0, "epoch": 0, "index": 0, "batch_idx": batch_idx})
