@@ -18,9 +18,23 @@ if TYPE_CHECKING:
 _U32 = 0xFFFFFFFF
 
 
+_INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
+_STR_TYPES = {str, np.str_}
+_REFUSED = (
+    "record_keys must be all ints or all strs (a list, tuple or 1-D NumPy array of them), got {}."
+)
+
+
 def record_key_array(record_keys: Any) -> np.ndarray:
     """``record_keys`` as a 1-D NumPy array of integers or of strings, checked."""
-    keys = record_keys if isinstance(record_keys, np.ndarray) else np.asarray(record_keys)
+    if isinstance(record_keys, np.ndarray):
+        keys = record_keys
+    else:
+        # NumPy would turn [1, "a"] into strings and [1, True] into ints: check the types.
+        types = set(map(type, record_keys))
+        if not (types <= _INT_TYPES or types <= _STR_TYPES):
+            raise TypeError(_REFUSED.format(sorted(t.__name__ for t in types)))
+        keys = np.asarray(record_keys, dtype=np.int64 if not types or types <= _INT_TYPES else None)
     if keys.ndim != 1:
         raise ValueError(f"record_keys must be 1-D (one key per record), got shape {keys.shape}.")
     kind = keys.dtype.kind
@@ -34,10 +48,7 @@ def record_key_array(record_keys: Any) -> np.ndarray:
             for key in keys:
                 encode_key_bytes(str(key))
         return keys
-    raise TypeError(
-        "record_keys must be all ints or all strs (a list, tuple or 1-D NumPy array), "
-        f"got elements that make a {keys.dtype} array."
-    )
+    raise TypeError(_REFUSED.format(f"an array of dtype {keys.dtype}"))
 
 
 def create_batch(

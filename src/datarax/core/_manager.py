@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from datarax.core._batch import create_batch
 from datarax.core._checks import check_counter, check_source_info
 from datarax.core._keys import encode_key_bytes
-from datarax.core._batch import create_batch
 from datarax.core._keystream import host_count, key_stream
 from datarax.core._record import PENDING, RecordMetadata
 
@@ -140,14 +140,23 @@ class MetadataManager(nnx.Module):
         step = s["global_step"]
         epoch = s["epoch"]
         batch_idx = s["batch_idx"]
-        _set(var, "_raw_value",
-             {"global_step": step + 1, "epoch": epoch, "index": index + 1, "batch_idx": batch_idx})  # fmt: skip
+        _set(
+            var,
+            "_raw_value",
+            {"global_step": step + 1, "epoch": epoch, "index": index + 1, "batch_idx": batch_idx},
+        )
         record = _new(RecordMetadata)
         record.__dict__.update(
-            index=index, record_key=record_key, rng_key=rng_key, epoch=epoch, global_step=step,
-            batch_idx=batch_idx, shard_id=self.shard_id, source_info=source_info,
+            index=index,
+            record_key=record_key,
+            rng_key=rng_key,
+            epoch=epoch,
+            global_step=step,
+            batch_idx=batch_idx,
+            shard_id=self.shard_id,
+            source_info=source_info,
             _rng_source=rng_source,
-        )  # fmt: skip
+        )
         return record
 
     def _create_generic(
@@ -160,10 +169,15 @@ class MetadataManager(nnx.Module):
             rng_key = getattr(self.rngs, STREAM)()
         s = self.state.get_value()
         record = RecordMetadata(
-            index=s["index"], record_key=record_key, rng_key=rng_key, epoch=s["epoch"],
-            global_step=s["global_step"], batch_idx=s["batch_idx"], shard_id=self.shard_id,
+            index=s["index"],
+            record_key=record_key,
+            rng_key=rng_key,
+            epoch=s["epoch"],
+            global_step=s["global_step"],
+            batch_idx=s["batch_idx"],
+            shard_id=self.shard_id,
             source_info=source_info,
-        )  # fmt: skip
+        )
         self.state.set_value({**s, "index": s["index"] + 1, "global_step": s["global_step"] + 1})
         return record
 

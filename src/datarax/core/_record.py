@@ -154,8 +154,15 @@ def _flatten_with_keys(r: RecordMetadata) -> tuple[tuple[tuple[Any, Any], ...], 
 def _flatten(r: RecordMetadata) -> tuple[tuple[Any, ...], Any]:
     d = r.__dict__
     tag, key = _key_leaf(d["record_key"], d.get("_record_key_tag"))
-    children = (d["index"], key, r.rng_key, d["epoch"], d["global_step"], d["batch_idx"],
-                d["shard_id"])  # fmt: skip
+    children = (
+        d["index"],
+        key,
+        r.rng_key,
+        d["epoch"],
+        d["global_step"],
+        d["batch_idx"],
+        d["shard_id"],
+    )
     return children, (tag, StaticInfo(d["source_info"]))
 
 

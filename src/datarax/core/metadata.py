@@ -35,7 +35,14 @@ __all__ = [
     "update_metadata_batch",
 ]
 
-for _obj in (Metadata, MetadataManager, RecordMetadata, batch_metadata, create_metadata,
-             split_rng_tree, update_metadata_batch):  # fmt: skip
+for _obj in (
+    Metadata,
+    MetadataManager,
+    RecordMetadata,
+    batch_metadata,
+    create_metadata,
+    split_rng_tree,
+    update_metadata_batch,
+):
     _obj.__module__ = __name__
 del _obj
