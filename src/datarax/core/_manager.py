@@ -59,7 +59,7 @@ class MetadataManager(nnx.Module):
         >>> (first.index, first.global_step, first.batch_idx)
         (0, 0, 0)
         >>> manager.state.get_value()
-        {'global_step': 1, 'epoch': 0, 'index': 1, 'batch_idx': 0}
+        {'batch_idx': 0, 'epoch': 0, 'global_step': 1, 'index': 1}
         >>> batch = manager.create_batch_metadata([18, 19, 20])
         >>> batch.index
         array([1, 2, 3], dtype=int32)
