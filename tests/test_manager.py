@@ -1,5 +1,7 @@
 """MetadataManager: counters, the `metadata` stream's keys, batches and observable state."""
 
+import copy
+
 import jax
 import numpy as np
 import pytest
@@ -74,6 +76,16 @@ def test_keys_are_bit_identical_to_calling_the_stream(seed, n, read_order, impl)
     for i in [r for r in read_order if r < n] + list(range(n)):  # any order, then all
         assert jax.random.key_impl(records[i].rng_key) == jax.random.key_impl(expected[i])
         np.testing.assert_array_equal(kd(records[i].rng_key), kd(expected[i]))
+
+
+def test_copies_of_records_carry_their_derived_keys():
+    m = MetadataManager(rngs=nnx.Rngs(metadata=2))
+    twin = nnx.Rngs(metadata=2)
+    records = [m.create_metadata(i) for i in range(3)]
+    copies = [copy.deepcopy(records[0]), copy.copy(records[1]), copy.deepcopy(records[2])]
+    for c in copies:
+        np.testing.assert_array_equal(kd(c.rng_key), kd(twin.metadata()))
+    assert copies[0] == records[0]
 
 
 def test_observable_state_is_the_logical_position():

@@ -118,6 +118,13 @@ class RecordMetadata:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.copy / copy.deepcopy: carry the derived key, not the pending reference.
+        state = dict(self.__dict__)
+        state["rng_key"] = self.rng_key
+        state.pop("_rng_source", None)
+        return state
+
 
 def _key_leaf(record_key: Any, tag: str | None) -> tuple[str | None, Any]:
     """The leaf form of a record key and the tag that says how to turn it back.
