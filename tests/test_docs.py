@@ -86,6 +86,19 @@ def test_guide_runs(page: Path, tmp_path: Path) -> None:
     )
 
 
+def test_benchmark_plot_script_reads_the_page(tmp_path: Path) -> None:
+    # The plot is drawn from docs/benchmarks.md's tables; a table it can no longer read is a
+    # failure here, not a stale PNG.
+    out = tmp_path / "benchmarks.png"
+    subprocess.run(
+        [sys.executable, str(DOCS / "scripts" / "plot_benchmarks.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=PAGE_TIMEOUT_S,
+    )
+    assert out.stat().st_size > 0
+
+
 def documented_names(module: str) -> set[str]:
     """Names ``X`` of every ``::: module.X`` directive on the API pages."""
     pattern = re.compile(rf"^:::[ \t]+{re.escape(module)}\.(\w+)[ \t]*$", re.MULTILINE)
