@@ -1,8 +1,10 @@
 """The documentation's code runs, and the API pages cover every public name.
 
 Each guide under ``docs/guides/`` is a script: its fenced ```` ```python ```` blocks are joined
-in order and run in a fresh interpreter, in a temporary directory, with a time limit. Blocks
-fenced with another language (``bash``, ``text``, ``pycon``) are shown, not run.
+in order and run in a fresh interpreter, in a temporary directory, with a time limit. A block
+titled with a file name (```` ```python title="worker.py" ````) is that file: it is written
+into the directory, for the page's other blocks to run, instead of being run inline. Blocks
+fenced with another language (``bash``, ``text``) are shown, not run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -25,30 +28,40 @@ PAGE_TIMEOUT_S = 45
 # An opening fence of three or more backticks, the language `python` (optionally followed by
 # attributes such as title="..."), the body, and a closing fence of the same backticks.
 _FENCE = re.compile(
-    r"^(?P<indent>[ \t]*)(?P<fence>`{3,})python(?:[ \t]+[^\n]*)?\n"
+    r"^(?P<indent>[ \t]*)(?P<fence>`{3,})python(?P<attrs>[ \t]+[^\n]*)?\n"
     r"(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
+_FILE_TITLE = re.compile(r'title="(?P<name>[\w.-]+\.py)"')
 
 
-def python_blocks(page: Path) -> list[tuple[int, str]]:
-    """The ``python`` blocks of ``page``, each with the line number its code starts on."""
+class Block(NamedTuple):
+    line: int  # the page line the code starts on
+    code: str
+    file: str | None  # the file name a titled block stands for, else None
+
+
+def python_blocks(page: Path) -> list[Block]:
+    """The ``python`` blocks of ``page``, in order."""
     text = page.read_text(encoding="utf-8")
     blocks = []
     for match in _FENCE.finditer(text):
         indent = len(match["indent"])
-        body = "".join(line[indent:] for line in match["body"].splitlines(keepends=True))
-        blocks.append((text.count("\n", 0, match.start("body")) + 1, body))
+        code = "".join(line[indent:] for line in match["body"].splitlines(keepends=True))
+        title = _FILE_TITLE.search(match["attrs"] or "")
+        line = text.count("\n", 0, match.start("body")) + 1
+        blocks.append(Block(line, code, title["name"] if title else None))
     return blocks
 
 
 def page_script(page: Path) -> str:
-    """The page's blocks as one script; each block starts on its own line number in ``page``
-    so that a traceback points at the Markdown line that failed."""
+    """The page's inline blocks as one script; each block starts on its own line number in
+    ``page`` so that a traceback points at the Markdown line that failed."""
     lines: list[str] = []
-    for start, body in python_blocks(page):
-        lines.extend([""] * (start - 1 - len(lines)))
-        lines.extend(body.splitlines())
+    for block in python_blocks(page):
+        if block.file is None:
+            lines.extend([""] * (block.line - 1 - len(lines)))
+            lines.extend(block.code.splitlines())
     return "\n".join(lines) + "\n"
 
 
@@ -56,18 +69,19 @@ def test_python_blocks_found() -> None:
     # Guards the extractor itself: a regex that silently matches nothing would pass every page.
     assert GUIDES, "no guides under docs/guides"
     for page in GUIDES:
-        assert python_blocks(page), f"{page.relative_to(ROOT)} has no ```python block to run"
+        blocks = python_blocks(page)
+        assert any(b.file is None for b in blocks), f"{page.relative_to(ROOT)}: nothing to run"
 
 
 @pytest.mark.parametrize("page", GUIDES, ids=lambda p: p.stem)
 def test_guide_runs(page: Path, tmp_path: Path) -> None:
+    for block in python_blocks(page):
+        if block.file is not None:
+            (tmp_path / block.file).write_text(block.code, encoding="utf-8")
     script = tmp_path / f"{page.stem}.py"
     script.write_text(page_script(page), encoding="utf-8")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "JAX_PLATFORMS": "cpu",
-    }
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # ROOT: `benchmarks`
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "JAX_PLATFORMS": "cpu"}
     try:
         result = subprocess.run(
             [sys.executable, str(script)],
@@ -78,7 +92,8 @@ def test_guide_runs(page: Path, tmp_path: Path) -> None:
             timeout=PAGE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as error:
-        pytest.fail(f"{page.relative_to(ROOT)} ran past {PAGE_TIMEOUT_S} s:\n{error.stderr}")
+        stderr = error.stderr.decode() if isinstance(error.stderr, bytes) else error.stderr
+        pytest.fail(f"{page.relative_to(ROOT)} ran past {PAGE_TIMEOUT_S} s:\n{stderr}")
     # Line numbers in the traceback are the Markdown page's own.
     assert result.returncode == 0, (
         f"{page.relative_to(ROOT)} failed (line numbers are the page's):\n"
