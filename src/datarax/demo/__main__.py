@@ -1,0 +1,7 @@
+"""``python -m datarax.demo``."""
+
+import sys
+
+from datarax.demo import main
+
+sys.exit(main())
