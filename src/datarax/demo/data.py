@@ -36,7 +36,7 @@ class SyntheticDataset:
     ) -> SyntheticDataset:
         """Generates the dataset of ``seed``."""
         rng = np.random.default_rng([seed, 0])
-        centres = rng.normal(0.0, 1.5, size=(classes, features))
+        centres = rng.normal(0.0, 0.5, size=(classes, features))  # overlapping: not too easy
         y = rng.integers(0, classes, size=num_examples)
         x = centres[y] + rng.normal(0.0, 1.0, size=(num_examples, features))
         return cls(x=x.astype(np.float32), y=y.astype(np.int32))

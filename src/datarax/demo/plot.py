@@ -55,7 +55,18 @@ def plot_losses(
             fontsize=8,
             va="top",
         )
-        ax.set_yscale("log")
+        ax.axvline(resumed_from, color="#08306b", linestyle=":", linewidth=1.2)
+        ax.annotate(
+            f"resumed from checkpoint {resumed_from}" if resumed_from else "resumed from scratch",
+            xy=(resumed_from, 0.90),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4, 0),
+            textcoords="offset points",
+            color="#08306b",
+            fontsize=8,
+            va="top",
+            ha="right" if resumed_from else "left",
+        )
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.set_title("datarax demo: killed and resumed from an Orbax checkpoint")

@@ -156,7 +156,10 @@ class Trainer:
         dataset = SyntheticDataset.generate(
             config.seed, config.num_examples, config.features, config.classes
         )
-        self.model = MLP(config.features, config.hidden, config.classes, rngs=nnx.Rngs(config.seed))
+        # One compiled initialisation instead of a dozen eager ops, each compiled on first use.
+        self.model = nnx.jit(
+            lambda: MLP(config.features, config.hidden, config.classes, rngs=nnx.Rngs(config.seed))
+        )()
         self.optimizer = make_optimizer(self.model, config.learning_rate)
         self.manager = MetadataManager(rngs=nnx.Rngs(metadata=config.seed + 1), track_batches=True)
         self.source = AugmentedSource(dataset, config.batch_size, config.seed, self.manager)
