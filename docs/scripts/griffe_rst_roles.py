@@ -1,0 +1,88 @@
+"""A griffe extension: Sphinx roles in docstrings become mkdocstrings cross-references.
+
+The library's docstrings use Sphinx roles (``:class:`Metadata```, ``:meth:`create_metadata```)
+as most Python docstrings do; mkdocstrings reads Markdown and would print them verbatim. This
+extension rewrites each role, before the docstrings are rendered, into a link to the API page
+that documents its target, or into plain code where no page documents it. A name is resolved
+the way Python would in the docstring's scope (``obj.resolve``), then mapped from where it is
+defined (``datarax.core._metadata.Metadata``) to where the API pages show it
+(``datarax.core.metadata.Metadata``): the public modules below and their ``__all__``.
+
+Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensions``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from typing import Any
+
+import griffe
+
+PUBLIC_MODULES = ("datarax.core.metadata", "datarax.checkpoint")
+
+_ROLE = re.compile(
+    r":(?:py:)?(?P<role>class|func|meth|attr|mod|data|exc|obj|const):`(?P<tilde>~?)(?P<name>[\w.]+)(?:\(\))?`"
+)
+
+
+class RstRoles(griffe.Extension):
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        public = _public_paths(pkg)
+        for obj in _walk(pkg):
+            if obj.docstring is not None:
+                link = functools.partial(_link, obj, public=public)
+                obj.docstring.value = _ROLE.sub(link, obj.docstring.value)
+
+
+def _public_paths(pkg: griffe.Module) -> dict[str, str]:
+    """Canonical path -> documented path, for every public module and name in its ``__all__``."""
+    mapping: dict[str, str] = {}
+    for module_path in PUBLIC_MODULES:
+        if not module_path.startswith(pkg.path + "."):
+            continue
+        try:
+            module = pkg[module_path[len(pkg.path) + 1 :]]
+        except KeyError:
+            continue  # not written yet
+        mapping[module.path] = module.path
+        for name in module.exports or ():
+            member = module.members.get(name)
+            if member is None:
+                continue
+            target = member.target_path if member.is_alias else member.path
+            mapping[target] = f"{module.path}.{name}"
+    return mapping
+
+
+def _walk(obj: griffe.Object) -> Any:
+    yield obj
+    for member in obj.members.values():
+        if not member.is_alias:
+            yield from _walk(member)
+
+
+def _link(obj: griffe.Object, match: re.Match[str], *, public: dict[str, str]) -> str:
+    name = match["name"]
+    shown = name.rsplit(".", 1)[-1] if match["tilde"] else name
+    if match["role"] in ("func", "meth"):
+        shown += "()" if match[0].endswith("()`") else ""
+    target = _documented_path(obj, name, public)
+    return f"[`{shown}`][{target}]" if target else f"`{shown}`"
+
+
+def _documented_path(obj: griffe.Object, name: str, public: dict[str, str]) -> str | None:
+    """Where the API pages document ``name`` as seen from ``obj``; ``None`` if nowhere."""
+    head, dot, rest = name.partition(".")
+    candidates = [name]
+    with contextlib.suppress(griffe.NameResolutionError, ValueError, AttributeError):
+        candidates.insert(0, obj.resolve(head) + dot + rest)
+    for path in candidates:
+        # The longest documented prefix: a member of a documented class is on its page.
+        parts = path.split(".")
+        for cut in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in public:
+                return ".".join([public[prefix], *parts[cut:]])
+    return None
