@@ -1,0 +1,237 @@
+"""``MetadataManager`` <-> JSON document, with no I/O.
+
+The document holds the manager's logical position: its counters, ``shard_id``,
+``track_batches`` and, for every ``nnx.Rngs`` stream, the key (typed or raw, its impl and
+data) and the count. :func:`snapshot_manager` copies all of it to host values at once, so
+what is saved is the state at the moment of the call, whatever the manager does next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from datarax.checkpoint.arrays import is_key, key_host_data, wrap_key
+from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.checkpoint.integrity import process_header
+from datarax.core.metadata import MetadataManager
+
+KIND = "MetadataManager"
+_STATE_KEYS = ("global_step", "epoch", "index", "batch_idx")
+_U32 = np.dtype(np.uint32)
+
+
+def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool | np.bool_ | jax.core.Tracer):
+        value = object()  # refused below
+    if type(value) is int:
+        return value
+    if isinstance(value, np.integer) or (
+        isinstance(value, np.ndarray | jax.Array)
+        and value.shape == ()
+        and np.issubdtype(value.dtype, np.integer)
+    ):
+        return int(value)
+    raise MetadataCheckpointError(
+        f"Cannot save {where}: expected an int{' or None' if optional else ''}, found "
+        f"{type(value).__name__} {value!r}. Save outside JAX transformations. Nothing was written."
+    )
+
+
+def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
+    where = f"manager.rngs[{name!r}]"
+    key = stream.key.get_value()
+    if isinstance(key, jax.core.Tracer):
+        raise MetadataCheckpointError(
+            f"Cannot save {where}.key: it is a tracer. Save outside JAX transformations."
+        )
+    if is_key(key):
+        impl, data = key_host_data(key)
+        typed = True
+    elif isinstance(key, jax.Array | np.ndarray) and key.dtype == _U32:
+        impl, data, typed = None, np.asarray(key), False
+    else:
+        raise MetadataCheckpointError(
+            f"Cannot save {where}.key: expected a JAX PRNG key, found "
+            f"{getattr(key, 'dtype', type(key).__name__)}."
+        )
+    count = stream.count.get_value()
+    if isinstance(count, jax.core.Tracer) or not (
+        isinstance(count, np.ndarray | jax.Array | np.integer | int)
+        and np.issubdtype(np.asarray(count).dtype, np.integer)
+    ):
+        raise MetadataCheckpointError(
+            f"Cannot save {where}.count: expected a uint32 count, found {count!r}."
+        )
+    count = np.asarray(count)
+    return {
+        "typed": typed,
+        "impl": impl,
+        "key_shape": list(np.shape(key)),
+        "key_data": data.ravel().tolist(),
+        "count_shape": list(count.shape),
+        "count": count.ravel().tolist(),
+    }
+
+
+def snapshot_manager(manager: MetadataManager) -> dict[str, Any]:
+    """The JSON document of ``manager``'s state, copied now.
+
+    Args:
+        manager: The manager to save.
+
+    Returns:
+        A JSON-ready dict (see ``docs/checkpoint-format.md``).
+
+    Raises:
+        MetadataCheckpointError: A counter, key or count that is not a concrete value (for
+            instance a tracer, inside a JAX transformation).
+
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.checkpoint.manager_codec import snapshot_manager
+        >>> doc = snapshot_manager(MetadataManager(rngs=nnx.Rngs(metadata=7)))
+        >>> doc["state"], doc["rngs"]["metadata"]["key_data"]
+        ({'global_step': 0, 'epoch': 0, 'index': 0, 'batch_idx': None}, [0, 7])
+    """
+    state = manager.state.get_value()
+    if type(state) is not dict or set(state) != set(_STATE_KEYS):
+        raise MetadataCheckpointError(
+            f"Cannot save manager.state: expected a dict with keys {list(_STATE_KEYS)}, found "
+            f"{state!r}."
+        )
+    counters = {
+        k: _host_int(state[k], f"manager.state[{k!r}]", optional=k == "batch_idx")
+        for k in _STATE_KEYS
+    }
+    rngs = manager.rngs
+    streams = None
+    if rngs is not None:
+        streams = {name: _stream_snapshot(name, stream) for name, stream in rngs.items()}
+    return {
+        **process_header(KIND),
+        "state": counters,
+        "shard_id": _host_int(manager.shard_id, "manager.shard_id", optional=True),
+        "track_batches": bool(manager.track_batches),
+        "rngs": streams,
+    }
+
+
+def describe_manager(doc: dict[str, Any]) -> dict[str, Any]:
+    """What ``handler.metadata(directory)`` returns for a manager item."""
+    streams = doc["rngs"]
+    return {
+        "format_version": doc["format_version"],
+        "kind": KIND,
+        "process_count": doc["process_count"],
+        "state": dict(doc["state"]),
+        "shard_id": doc["shard_id"],
+        "track_batches": doc["track_batches"],
+        "streams": None
+        if streams is None
+        else {
+            name: {
+                "typed": s["typed"],
+                "impl": s["impl"],
+                "key_shape": s["key_shape"],
+                "count": s["count"][0] if s["count_shape"] == [] else s["count"],
+            }
+            for name, s in streams.items()
+        },
+    }
+
+
+def _differences(manager: MetadataManager, doc: dict[str, Any]) -> list[str]:
+    found = []
+    if doc["track_batches"] != manager.track_batches:
+        found.append(
+            f"track_batches: saved {doc['track_batches']}, this manager has {manager.track_batches}"
+        )
+    saved = doc["rngs"]
+    mine = None if manager.rngs is None else dict(manager.rngs.items())
+    if (saved is None) != (mine is None):
+        found.append(
+            f"rngs: saved {'no rngs' if saved is None else 'streams ' + str(sorted(saved))}, "
+            f"this manager has {'no rngs' if mine is None else 'streams ' + str(sorted(mine))}"
+        )
+    elif saved is not None and mine is not None:
+        if set(saved) != set(mine):
+            found.append(
+                f"rngs streams: saved {sorted(saved)}, this manager has {sorted(mine)} "
+                f"(missing here: {sorted(set(saved) - set(mine))}, "
+                f"not saved: {sorted(set(mine) - set(saved))})"
+            )
+        for name in sorted(set(saved) & set(mine)):
+            s, key = saved[name], mine[name].key.get_value()
+            typed = is_key(key)
+            impl = str(jax.random.key_impl(key)) if typed else None
+            if (s["typed"], s["impl"]) != (typed, impl):
+                kind = f"a typed {impl} key" if typed else "a raw key"
+                was = f"a typed {s['impl']} key" if s["typed"] else "a raw key"
+                found.append(f"rngs[{name!r}]: saved {was}, this manager has {kind}")
+            elif list(np.shape(key)) != s["key_shape"]:
+                found.append(
+                    f"rngs[{name!r}]: saved a key of shape {tuple(s['key_shape'])}, this "
+                    f"manager has shape {np.shape(key)}"
+                )
+    return found
+
+
+def restore_manager(manager: MetadataManager, doc: dict[str, Any], where: str) -> MetadataManager:
+    """Sets ``manager``'s state to the saved state in ``doc``, all or nothing.
+
+    Args:
+        manager: A manager built like the saved one (same streams, same ``track_batches``).
+        doc: A document from :func:`snapshot_manager`.
+        where: The file ``doc`` was read from, for error messages.
+
+    Returns:
+        ``manager``, updated.
+
+    Raises:
+        MetadataCheckpointError: ``manager`` is built differently from the saved manager; the
+            message lists every difference. ``manager`` is then left unchanged.
+    """
+    differences = _differences(manager, doc)
+    if differences:
+        raise MetadataCheckpointError(
+            f"{where}: the manager to restore into is built differently from the saved one: "
+            + "; ".join(differences)
+            + ". Build it with the same nnx.Rngs streams and track_batches as the saved run."
+        )
+    counters = doc["state"]
+    new_state = {k: counters[k] for k in _STATE_KEYS}
+    for k in _STATE_KEYS:
+        if not (type(new_state[k]) is int or (k == "batch_idx" and new_state[k] is None)):
+            raise MetadataCheckpointError(f"{where}: state[{k!r}] is {new_state[k]!r}.")
+    updates = []
+    if doc["rngs"] is not None:
+        for name, stream in manager.rngs.items():  # type: ignore[union-attr]
+            s = doc["rngs"][name]
+            data = np.asarray(s["key_data"], dtype=np.uint32)
+            try:
+                data = (
+                    data.reshape(*s["key_shape"], -1)
+                    if s["typed"]
+                    else data.reshape(s["key_shape"])
+                )
+                count = np.asarray(s["count"], dtype=np.uint32).reshape(s["count_shape"])
+            except ValueError as e:
+                raise MetadataCheckpointError(f"{where}: rngs[{name!r}] is malformed ({e}).") from e
+            key = (
+                wrap_key(data, s["impl"], f"{where}: rngs[{name!r}]")
+                if s["typed"]
+                else (jax.numpy.asarray(data))
+            )
+            updates.append((stream, key, count))
+    manager.state.set_value(new_state)
+    manager.shard_id = doc["shard_id"]
+    for stream, key, count in updates:
+        stream.key.set_value(key)
+        stream.count.set_value(count)
+    return manager

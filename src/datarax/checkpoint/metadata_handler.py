@@ -1,0 +1,250 @@
+"""``MetadataCheckpointHandler``: an async Orbax handler for pytrees of ``Metadata``."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from datarax.checkpoint.codec import (
+    _NO_TARGET,
+    KIND,
+    decode_item,
+    describe_item,
+    encode_item,
+    global_requests,
+)
+from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.checkpoint.integrity import (
+    FORMAT_VERSION,
+    hash_files,
+    process_file_name,
+    read_document,
+    read_process_document,
+    verify_files,
+    write_document,
+)
+
+ARRAYS_MANIFEST = "arrays_manifest.jsonl"
+"""Lists the size and sha256 of every file Orbax wrote for the item's global arrays."""
+
+
+class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
+    """Saves and restores any pytree of :class:`~datarax.core.metadata.Metadata`, exactly.
+
+    Each process writes its own document, ``process_<i>.jsonl``: the item's structure, every
+    field's container (Python int, NumPy or JAX array, typed or raw key with its impl) and
+    value, and ``source_info``. A ``jax.Array`` spread over several devices (the metadata of
+    a global batch) is written by Orbax's own array serialization from every device, and
+    restores with the target's sharding. A ``source_info`` value that would not come back
+    equal and of the same type is refused before anything is written.
+
+    The synchronous part of :meth:`async_save` only copies the values; files are written
+    in the returned commit futures.
+
+    Examples:
+        >>> import tempfile
+        >>> import orbax.checkpoint as ocp
+        >>> from datarax.core.metadata import Metadata
+        >>> from datarax.checkpoint import MetadataRestore, MetadataSave
+        >>> item = {"last": Metadata(index=7, epoch=1, key="shard-3/0007",
+        ...                          source_info={"files": ("a.rec", "b.rec")})}
+        >>> with tempfile.TemporaryDirectory() as d, ocp.CheckpointManager(d) as mngr:
+        ...     _ = mngr.save(1, args=ocp.args.Composite(meta=MetadataSave(item)))
+        ...     mngr.wait_until_finished()
+        ...     restored = mngr.restore(1, args=ocp.args.Composite(meta=MetadataRestore()))
+        >>> restored["meta"] == item
+        True
+        >>> restored["meta"]["last"].source_info
+        {'files': ('a.rec', 'b.rec')}
+    """
+
+    def __init__(self) -> None:
+        self._arrays = ocp.PyTreeCheckpointHandler()
+        self._pending_manifests: set[str] = set()
+        self._lock = threading.Lock()
+
+    async def async_save(
+        self, directory: epath.Path, args: MetadataSave
+    ) -> list[ocp.future.Future]:
+        """Copies the item's values now; returns the futures that write them.
+
+        Args:
+            directory: The item directory (it may be created asynchronously by Orbax; writes
+                wait for Orbax's signal).
+            args: The item to save.
+
+        Returns:
+            The commit futures: this process's document, and Orbax's for global arrays.
+
+        Raises:
+            TypeError: ``args`` is not a :class:`MetadataSave`.
+            MetadataCheckpointError: The item holds something that cannot be saved exactly;
+                nothing is written.
+        """
+        _expect(args, MetadataSave, "save")
+        encoded = encode_item(args.item)
+        directory = epath.Path(directory)
+        futures: list[ocp.future.Future] = []
+        if encoded.global_arrays:
+            with self._lock:
+                self._pending_manifests.add(str(directory))
+            futures.extend(
+                await self._arrays.async_save(
+                    directory, args=ocp.args.PyTreeSave(encoded.global_arrays)
+                )
+                or []
+            )
+        path = directory / process_file_name(encoded.doc["process_index"])
+        futures.append(
+            ocp.future.CommitFutureAwaitingContractedSignals(
+                _write(path, encoded.doc), name="datarax_metadata_save"
+            )
+        )
+        return futures
+
+    def save(self, directory: epath.Path, args: MetadataSave) -> None:
+        """Saves synchronously. Call :meth:`finalize` afterwards, as Orbax's checkpointers
+        do, when the item has global arrays."""
+        _expect(args, MetadataSave, "save")
+        encoded = encode_item(args.item)
+        directory = epath.Path(directory)
+        if encoded.global_arrays:
+            with self._lock:
+                self._pending_manifests.add(str(directory))
+            self._arrays.save(directory, args=ocp.args.PyTreeSave(encoded.global_arrays))
+        write_document(directory / process_file_name(encoded.doc["process_index"]), encoded.doc)
+
+    def finalize(self, directory: epath.Path) -> None:
+        """Finishes Orbax's array files and, on the primary process, lists them with their
+        sha256 in ``arrays_manifest.jsonl``. Nothing to do for an item without global arrays.
+        """
+        with self._lock:
+            if str(directory) not in self._pending_manifests:
+                return
+            self._pending_manifests.discard(str(directory))
+        directory = epath.Path(directory)
+        self._arrays.finalize(directory)
+        if jax.process_index() == 0:
+            files = hash_files(directory, exclude={ARRAYS_MANIFEST})
+            files = {k: v for k, v in files.items() if not _is_process_file(k)}
+            doc = {"format_version": FORMAT_VERSION, "kind": "arrays_manifest", "files": files}
+            write_document(directory / ARRAYS_MANIFEST, doc)
+
+    def restore(self, directory: epath.Path, args: MetadataRestore | None = None) -> Any:
+        """Restores the item: into ``args.target``'s structure and shardings when given,
+        else rebuilt from the directory alone.
+
+        Raises:
+            TypeError: ``args`` is not a :class:`MetadataRestore`.
+            MetadataCheckpointError: The item is missing, damaged, of a newer format, saved
+                by another number of processes, or does not match the target.
+        """
+        args = MetadataRestore() if args is None else args
+        _expect(args, MetadataRestore, "restore")
+        directory = epath.Path(directory)
+        doc = read_process_document(directory, KIND, "MetadataRestore")
+        where = str(directory / process_file_name(doc["process_index"]))
+        target = _NO_TARGET if args.target is None else args.target
+        try:
+            requests = global_requests(doc, target)
+            values = self._restore_arrays(directory, requests) if requests else {}
+            return decode_item(doc, where, target, values)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise MetadataCheckpointError(f"{where}: malformed Metadata document ({e!r}).") from e
+
+    def _restore_arrays(self, directory: epath.Path, requests: dict[str, Any]) -> dict[str, Any]:
+        manifest = read_document(directory / ARRAYS_MANIFEST)
+        if manifest.get("kind") != "arrays_manifest":
+            raise MetadataCheckpointError(f"{directory / ARRAYS_MANIFEST}: not a manifest.")
+        verify_files(directory, manifest.get("files"), str(directory / ARRAYS_MANIFEST))
+        restore_args = {
+            name: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
+            if sharding is not None
+            else ocp.ArrayRestoreArgs(global_shape=shape, dtype=dtype)
+            for name, (dtype, shape, sharding) in requests.items()
+        }
+        try:
+            values = self._arrays.restore(
+                directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+            )
+        except Exception as e:  # Orbax and tensorstore raise many types; report them alike
+            raise MetadataCheckpointError(
+                f"{directory}: Orbax could not restore the item's global arrays "
+                f"({type(e).__name__}: {e})."
+            ) from e
+        for name, (dtype, shape, _) in requests.items():
+            value = values.get(name)
+            if value is None or value.dtype != dtype or value.shape != shape:
+                raise MetadataCheckpointError(
+                    f"{directory}: global array {name!r} came back as {value!r}, expected "
+                    f"{dtype}{list(shape)}."
+                )
+        return values
+
+    def metadata(self, directory: epath.Path) -> dict[str, Any]:
+        """Describes the saved item: format version, process count, and per Metadata node
+        how each field is held."""
+        return describe_item(read_process_document(directory, KIND, "MetadataRestore"))
+
+    def close(self) -> None:
+        """Closes the handler used for global arrays."""
+        self._arrays.close()
+
+
+def _is_process_file(rel: str) -> bool:
+    return "/" not in rel and rel.startswith("process_") and rel.endswith(".jsonl")
+
+
+async def _write(path: epath.Path, doc: dict[str, Any]) -> None:
+    write_document(path, doc)
+
+
+def _expect(args: Any, cls: type, what: str) -> None:
+    if not isinstance(args, cls):
+        raise TypeError(
+            f"MetadataCheckpointHandler.{what} expects args={cls.__name__}(...), got "
+            f"{type(args).__name__}. Pass it as args=, e.g. ocp.args.Composite(meta="
+            f"{cls.__name__}(...))."
+        )
+
+
+@ocp.args.register_with_handler(MetadataCheckpointHandler, for_save=True)
+@dataclasses.dataclass
+class MetadataSave(ocp.args.CheckpointArgs):
+    """Saves a pytree of :class:`~datarax.core.metadata.Metadata` (see
+    :class:`MetadataCheckpointHandler`).
+
+    Attributes:
+        item: One ``Metadata``, or dicts, lists, tuples (or any pytree) of them; fields
+            may be Python ints, NumPy or JAX arrays (for instance of shape ``[B]``, for a
+            batch), typed or raw keys.
+
+    Examples:
+        >>> from datarax.core.metadata import Metadata
+        >>> from datarax.checkpoint import MetadataSave
+        >>> MetadataSave([Metadata(index=1), Metadata(index=2)]).item[1].index
+        2
+    """
+
+    item: Any
+
+
+@ocp.args.register_with_handler(MetadataCheckpointHandler, for_restore=True)
+@dataclasses.dataclass
+class MetadataRestore(ocp.args.CheckpointArgs):
+    """Restores a pytree of :class:`~datarax.core.metadata.Metadata`.
+
+    Attributes:
+        target: Optional pytree shaped like the saved item. Its containers are reused, each
+            field must be held like the saved one (int, array of the same dtype and shape,
+            key of the same impl), and array fields come back in the target leaf's
+            container and sharding (a ``jax.ShapeDtypeStruct`` with a sharding will do).
+            Without it the item is rebuilt from the checkpoint alone.
+    """
+
+    target: Any = None

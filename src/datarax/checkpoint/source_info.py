@@ -1,0 +1,161 @@
+"""Exact JSON encoding of ``source_info``: what is saved comes back equal and of the same types.
+
+JSON alone would turn a tuple into a list and an ``int`` dict key into a ``str``. Those two are
+tagged, so they come back as they were:
+
+- a tuple is ``{"$tuple": [...]}``;
+- a dict whose keys are not all strings, or that has a key starting with ``$``, is
+  ``{"$dict": [[key, value], ...]}`` (its keys encoded like any other value).
+
+Any other JSON object is a plain ``dict`` with ``str`` keys. ``None``, ``bool``, ``int``,
+finite ``float``, ``str`` and ``list`` are JSON's own. Everything else (sets, bytes, NaN and
+infinities, NumPy scalars, subclasses of the built-in types, arbitrary objects) is refused
+at save time, before anything is written, with the path of the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from datarax.checkpoint.errors import MetadataCheckpointError
+
+_TUPLE = "$tuple"
+_DICT = "$dict"
+
+_HINTS = {
+    set: "use a sorted list or a tuple",
+    frozenset: "use a sorted list or a tuple",
+    bytes: "decode it to a str (or base64-encode it)",
+    bytearray: "decode it to a str (or base64-encode it)",
+}
+
+
+def _refuse(path: str, value: Any, why: str) -> MetadataCheckpointError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return MetadataCheckpointError(
+        f"Cannot save {path}: it is {why} ({shown}), which would not come back equal and of "
+        "the same type. source_info may hold None, bool, int, finite float, str, and lists, "
+        "tuples and dicts of them. Nothing was written."
+    )
+
+
+def encode_source_info(value: Any, path: str = "source_info") -> Any:
+    """Encodes ``value`` as JSON-ready data that :func:`decode_source_info` turns back into an
+    equal value of the same types.
+
+    Args:
+        value: The ``source_info`` to encode (usually a dict, or ``None``).
+        path: How to name ``value`` in error messages.
+
+    Returns:
+        Nested ``dict``/``list``/scalars that ``json.dumps(..., allow_nan=False)`` accepts.
+
+    Raises:
+        MetadataCheckpointError: ``value`` holds something that cannot round-trip exactly;
+            the message names its path, e.g. ``source_info['files'][3]``.
+
+    Examples:
+        >>> from datarax.checkpoint.source_info import decode_source_info, encode_source_info
+        >>> encode_source_info({"shape": (2, 3), 7: "x"})
+        {'$dict': [['shape', {'$tuple': [2, 3]}], [7, 'x']]}
+        >>> decode_source_info(encode_source_info({"shape": (2, 3), 7: "x"}))
+        {'shape': (2, 3), 7: 'x'}
+        >>> encode_source_info({"files": ["a", "b", "c", {1, 2}]})
+        Traceback (most recent call last):
+        ...
+        datarax.checkpoint.MetadataCheckpointError: Cannot save source_info['files'][3]: \
+it is a set ({1, 2}), which would not come back equal and of the same type. source_info may \
+hold None, bool, int, finite float, str, and lists, tuples and dicts of them. Nothing was \
+written.
+    """
+    return _encode(value, path, set())
+
+
+def _encode(value: Any, path: str, active: set[int]) -> Any:
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is str:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise _refuse(path, value, "a non-finite float (JSON has no NaN or infinity)")
+        return value
+    if kind in (list, tuple, dict):
+        if id(value) in active:
+            raise _refuse(path, value, f"a {kind.__name__} that contains itself")
+        active.add(id(value))
+        try:
+            if kind is list:
+                return [_encode(v, f"{path}[{i}]", active) for i, v in enumerate(value)]
+            if kind is tuple:
+                return {_TUPLE: [_encode(v, f"{path}[{i}]", active) for i, v in enumerate(value)]}
+            return _encode_dict(value, path, active)
+        finally:
+            active.discard(id(value))
+    hint = _HINTS.get(kind)
+    if hint is None and kind.__module__ == "numpy":
+        hint = "convert it with int(), float() or .tolist()"
+    elif hint is None and isinstance(value, bool | int | float | str | list | tuple | dict):
+        hint = f"use a plain {kind.__mro__[1].__name__}"
+    why = f"a {kind.__name__}" + (f"; {hint}" if hint else "")
+    raise _refuse(path, value, why)
+
+
+def _encode_dict(value: dict[Any, Any], path: str, active: set[int]) -> Any:
+    if all(type(k) is str and not k.startswith("$") for k in value):
+        return {k: _encode(v, f"{path}[{k!r}]", active) for k, v in value.items()}
+    return {
+        _DICT: [
+            [_encode(k, f"{path} key {k!r}", active), _encode(v, f"{path}[{k!r}]", active)]
+            for k, v in value.items()
+        ]
+    }
+
+
+def decode_source_info(data: Any, where: str = "source_info") -> Any:
+    """Inverse of :func:`encode_source_info`.
+
+    Args:
+        data: Parsed JSON produced by :func:`encode_source_info`.
+        where: How to name ``data`` in error messages (a file and a path).
+
+    Returns:
+        The original value, with its tuples, ``int`` keys and types.
+
+    Raises:
+        MetadataCheckpointError: ``data`` is not something :func:`encode_source_info`
+            produces.
+    """
+    kind = type(data)
+    if data is None or kind in (bool, int, float, str):
+        return data
+    if kind is list:
+        return [decode_source_info(v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if kind is dict:
+        if len(data) == 1 and _TUPLE in data and type(data[_TUPLE]) is list:
+            items = data[_TUPLE]
+            return tuple(decode_source_info(v, f"{where}[{i}]") for i, v in enumerate(items))
+        if len(data) == 1 and _DICT in data and type(data[_DICT]) is list:
+            out: dict[Any, Any] = {}
+            for pair in data[_DICT]:
+                if type(pair) is not list or len(pair) != 2:
+                    raise _malformed(where, pair)
+                key = decode_source_info(pair[0], f"{where} key")
+                try:
+                    out[key] = decode_source_info(pair[1], f"{where}[{key!r}]")
+                except TypeError as e:  # an unhashable key: not produced by the encoder
+                    raise _malformed(where, pair) from e
+            return out
+        if any(k.startswith("$") for k in data):
+            raise _malformed(where, data)
+        return {k: decode_source_info(v, f"{where}[{k!r}]") for k, v in data.items()}
+    raise _malformed(where, data)
+
+
+def _malformed(where: str, data: Any) -> MetadataCheckpointError:
+    return MetadataCheckpointError(
+        f"{where}: {str(data)[:60]!r} is not an encoded source_info value; the item was not "
+        "written by this version of datarax or is damaged."
+    )
