@@ -6,7 +6,7 @@ extension rewrites each role, before the docstrings are rendered, into a link to
 that documents its target, or into plain code where no page documents it. A name is resolved
 the way Python would in the docstring's scope (``obj.resolve``), then mapped from where it is
 defined (``datarax.core._metadata.Metadata``) to where the API pages show it
-(``datarax.core.metadata.Metadata``): the public modules below and their ``__all__``.
+(``datarax.core.metadata.Metadata``, a ``:::`` directive of ``docs/api/*.md``).
 
 Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensions``).
 """
@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
 
-PUBLIC_MODULES = ("datarax.core.metadata", "datarax.checkpoint")
+API_PAGES = Path(__file__).resolve().parents[1] / "api"
+_DIRECTIVE = re.compile(r"^:::[ \t]+(?P<path>[\w.]+)[ \t]*$", re.MULTILINE)
 
 _ROLE = re.compile(
     r":(?:py:)?(?P<role>class|func|meth|attr|mod|data|exc|obj|const):`(?P<tilde>~?)(?P<name>[\w.]+)(?:\(\))?`"
@@ -37,22 +39,21 @@ class RstRoles(griffe.Extension):
 
 
 def _public_paths(pkg: griffe.Module) -> dict[str, str]:
-    """Canonical path -> documented path, for every public module and name in its ``__all__``."""
+    """Canonical path -> documented path, for every ``::: path`` of the API pages.
+
+    Only what a page renders can be linked to: a role naming anything else stays plain code.
+    """
     mapping: dict[str, str] = {}
-    for module_path in PUBLIC_MODULES:
-        if not module_path.startswith(pkg.path + "."):
-            continue
-        try:
-            module = pkg[module_path[len(pkg.path) + 1 :]]
-        except KeyError:
-            continue  # not written yet
-        mapping[module.path] = module.path
-        for name in module.exports or ():
-            member = module.members.get(name)
-            if member is None:
+    for page in sorted(API_PAGES.glob("*.md")):
+        for match in _DIRECTIVE.finditer(page.read_text(encoding="utf-8")):
+            path = match["path"]
+            if path != pkg.path and not path.startswith(pkg.path + "."):
                 continue
-            target = member.target_path if member.is_alias else member.path
-            mapping[target] = f"{module.path}.{name}"
+            try:
+                obj = pkg[path[len(pkg.path) + 1 :]] if path != pkg.path else pkg
+            except KeyError:
+                continue  # the page's build reports it
+            mapping[obj.target_path if obj.is_alias else obj.path] = path
     return mapping
 
 
