@@ -38,12 +38,12 @@ class RstRoles(griffe.Extension):
                 obj.docstring.value = _ROLE.sub(link, obj.docstring.value)
 
 
-def _public_paths(pkg: griffe.Module) -> dict[str, str]:
-    """Canonical path -> documented path, for every ``::: path`` of the API pages.
+def _public_paths(pkg: griffe.Module) -> dict[str, tuple[str, bool]]:
+    """Canonical path -> (documented path, is a module), for every ``::: path`` of the API pages.
 
     Only what a page renders can be linked to: a role naming anything else stays plain code.
     """
-    mapping: dict[str, str] = {}
+    mapping: dict[str, tuple[str, bool]] = {}
     for page in sorted(API_PAGES.glob("*.md")):
         for match in _DIRECTIVE.finditer(page.read_text(encoding="utf-8")):
             path = match["path"]
@@ -53,7 +53,7 @@ def _public_paths(pkg: griffe.Module) -> dict[str, str]:
                 obj = pkg[path[len(pkg.path) + 1 :]] if path != pkg.path else pkg
             except KeyError:
                 continue  # the page's build reports it
-            mapping[obj.target_path if obj.is_alias else obj.path] = path
+            mapping[obj.target_path if obj.is_alias else obj.path] = (path, obj.is_module)
     return mapping
 
 
@@ -64,7 +64,7 @@ def _walk(obj: griffe.Object) -> Any:
             yield from _walk(member)
 
 
-def _link(obj: griffe.Object, match: re.Match[str], *, public: dict[str, str]) -> str:
+def _link(obj: griffe.Object, match: re.Match[str], *, public: dict[str, tuple[str, bool]]) -> str:
     name = match["name"]
     shown = name.rsplit(".", 1)[-1] if match["tilde"] else name
     if match["role"] in ("func", "meth"):
@@ -73,17 +73,20 @@ def _link(obj: griffe.Object, match: re.Match[str], *, public: dict[str, str]) -
     return f"[`{shown}`][{target}]" if target else f"`{shown}`"
 
 
-def _documented_path(obj: griffe.Object, name: str, public: dict[str, str]) -> str | None:
+def _documented_path(
+    obj: griffe.Object, name: str, public: dict[str, tuple[str, bool]]
+) -> str | None:
     """Where the API pages document ``name`` as seen from ``obj``; ``None`` if nowhere."""
     head, dot, rest = name.partition(".")
     candidates = [name]
     with contextlib.suppress(griffe.NameResolutionError, ValueError, AttributeError):
         candidates.insert(0, obj.resolve(head) + dot + rest)
     for path in candidates:
-        # The longest documented prefix: a member of a documented class is on its page.
+        # The longest documented prefix: a member of a documented class is on its page (a
+        # module's page, rendered with members: false, shows none of its members).
         parts = path.split(".")
         for cut in range(len(parts), 0, -1):
-            prefix = ".".join(parts[:cut])
-            if prefix in public:
-                return ".".join([public[prefix], *parts[cut:]])
+            documented = public.get(".".join(parts[:cut]))
+            if documented is not None and (cut == len(parts) or not documented[1]):
+                return ".".join([documented[0], *parts[cut:]])
     return None
