@@ -120,7 +120,7 @@ def documented_names(module: str) -> set[str]:
     return {m[1] for page in API_PAGES for m in pattern.finditer(page.read_text("utf-8"))}
 
 
-@pytest.mark.parametrize("module", ["datarax.core.metadata"])
+@pytest.mark.parametrize("module", ["datarax.core.metadata", "datarax.checkpoint"])
 def test_api_pages_cover_all(module: str) -> None:
     # Like optax's coverage check: a public name missing from the reference is a failure.
     public = set(importlib.import_module(module).__all__)
