@@ -8,6 +8,7 @@ environment, so the reference run and the killed and resumed runs share their fl
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 DETERMINISTIC_XLA_FLAGS = (
     # Fast math would let XLA reassociate float arithmetic; keep IEEE semantics on CPU.
@@ -17,10 +18,19 @@ DETERMINISTIC_XLA_FLAGS = (
 )
 
 
-def configure() -> dict[str, str]:
-    """Adds :data:`DETERMINISTIC_XLA_FLAGS` to ``XLA_FLAGS`` (once); returns the environment
-    that child processes get. Call it before the first JAX computation."""
-    flags = os.environ.get("XLA_FLAGS", "").split()
+def deterministic_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with :data:`DETERMINISTIC_XLA_FLAGS`
+    added to ``XLA_FLAGS``, each once."""
+    env = dict(os.environ if base is None else base)
+    flags = env.get("XLA_FLAGS", "").split()
     flags += [flag for flag in DETERMINISTIC_XLA_FLAGS if flag not in flags]
-    os.environ["XLA_FLAGS"] = " ".join(flags)
-    return dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+def configure() -> dict[str, str]:
+    """Gives this process :func:`deterministic_env`'s ``XLA_FLAGS``; returns the environment
+    that child processes get. Call it before the first JAX computation."""
+    env = deterministic_env()
+    os.environ["XLA_FLAGS"] = env["XLA_FLAGS"]
+    return env

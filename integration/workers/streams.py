@@ -1,0 +1,88 @@
+"""The record streams of the integration workers; the tests recompute them as reference.
+
+A stream is a ``MetadataManager`` handing out batches of record metadata, one batch per
+step, with an epoch every ``epoch_steps`` steps. Its logs hold every field exactly (the
+rng key as its key data), so a test compares a resumed stream with an uninterrupted one by
+plain equality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from datarax.core.metadata import MetadataManager, RecordMetadata
+
+
+def shard_manager(seed: int, shard_id: int | None) -> MetadataManager:
+    """The manager of one process's shard: its own key stream, its shard id."""
+    return MetadataManager(
+        rngs=nnx.Rngs(metadata=seed + (shard_id or 0)), track_batches=True, shard_id=shard_id
+    )
+
+
+def next_batch(manager: MetadataManager, step: int, batch: int, epoch_steps: int) -> RecordMetadata:
+    """The records of ``step``: a new epoch every ``epoch_steps`` steps."""
+    if step and step % epoch_steps == 0:
+        manager.next_epoch()
+    shard = manager.shard_id or 0
+    keys = np.arange(step * batch, (step + 1) * batch) + 1_000_000 * shard
+    records = manager.create_batch_metadata(keys)
+    manager.next_batch()
+    return records
+
+
+def record_log(records: RecordMetadata) -> dict[str, Any]:
+    """Every field of a batch of records, as JSON-ready lists."""
+    log = {
+        name: np.asarray(getattr(records, name)).tolist()
+        for name in ("index", "epoch", "global_step", "batch_idx", "shard_id", "record_key")
+    }
+    log["rng_key"] = np.asarray(jax.random.key_data(records.rng_key)).tolist()
+    return log
+
+
+def one_record_log(record: RecordMetadata) -> dict[str, Any]:
+    """Every field of one record, JSON-ready."""
+    return {
+        "index": record.index,
+        "epoch": record.epoch,
+        "global_step": record.global_step,
+        "record_key": record.record_key,
+        "rng_key": np.asarray(jax.random.key_data(record.rng_key)).tolist(),
+    }
+
+
+def read_logs(path: Path) -> dict[int, dict[str, Any]]:
+    """A worker's JSON-lines log by step; a last line cut short by a kill is ignored."""
+    logs = {}
+    lines = path.read_text().split("\n") if path.exists() else []
+    for number, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            log = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) - 1:
+                break
+            raise
+        logs[log["step"]] = log
+    return logs
+
+
+def resumed_logs(attempts: list[Path]) -> dict[int, dict[str, Any]]:
+    """The stream as the job produced it across restarts: each attempt's logs from the step
+    it started at, until the step the next attempt restarted from."""
+    runs = [read_logs(path) for path in attempts]
+    starts = [min(logs) if logs else None for logs in runs]
+    combined: dict[int, dict[str, Any]] = {}
+    for i, logs in enumerate(runs):
+        later = [s for s in starts[i + 1 :] if s is not None]
+        end = min(later) if later else None
+        combined.update({s: log for s, log in logs.items() if end is None or s < end})
+    return combined
