@@ -191,13 +191,19 @@ def hash_files(directory: epath.Path, exclude: set[str]) -> dict[str, dict[str, 
     except top-level names in ``exclude``."""
     directory = epath.Path(directory)
     listing = {}
-    for path in sorted(directory.rglob("*")):
-        rel = str(path.relative_to(directory))
-        if rel in exclude or path.is_dir():
-            continue
-        data = path.read_bytes()
-        listing[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    return listing
+    pending = [(directory, "")]
+    while pending:  # epath has no rglob (it would be costly on cloud storage)
+        folder, prefix = pending.pop()
+        for path in folder.iterdir():
+            rel = prefix + path.name
+            if not prefix and rel in exclude:
+                continue
+            if path.is_dir():
+                pending.append((path, rel + "/"))
+                continue
+            data = path.read_bytes()
+            listing[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return dict(sorted(listing.items()))
 
 
 def verify_files(directory: epath.Path, listing: Any, manifest: str) -> None:

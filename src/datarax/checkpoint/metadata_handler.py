@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 from typing import Any
 
 import jax
@@ -169,9 +170,12 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             for name, (dtype, shape, sharding) in requests.items()
         }
         try:
-            values = self._arrays.restore(
-                directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
-            )
+            with warnings.catch_warnings():
+                # Without a target, the saved sharding is what is asked for.
+                warnings.filterwarnings("ignore", "Sharding info not provided", UserWarning)
+                values = self._arrays.restore(
+                    directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+                )
         except Exception as e:  # Orbax and tensorstore raise many types; report them alike
             raise MetadataCheckpointError(
                 f"{directory}: Orbax could not restore the item's global arrays "
