@@ -19,8 +19,8 @@ from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).parent))
-from streams import next_batch, record_log, shard_manager
+sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: run as a script
+from integration.workers.streams import next_batch, record_log, shard_manager
 
 
 def main() -> int:
