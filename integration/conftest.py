@@ -57,6 +57,7 @@ class Process:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
+        self.popen.stdout.close()
         with self._changed:
             self._changed.notify_all()
 

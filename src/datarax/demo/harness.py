@@ -232,10 +232,12 @@ def run_demo(
         if child.wait() != -signal.SIGKILL or not announced or child.timed_out:
             raise child.failure(f"The run to be killed at step {kill_at} did not get there")
     committed = ocp.path.step.checkpoint_steps(checkpoints) if checkpoints.exists() else []
+    unfinished = ocp.path.step.tmp_checkpoints(checkpoints) if checkpoints.exists() else []
     kill_step_committed = kill_at in committed
     say(
         f"[killed]    killed; committed checkpoints: {sorted(committed) or 'none'}; "
         f"the save of step {kill_at} {'had' if kill_step_committed else 'had not'} committed"
+        + (f" (left unfinished: {', '.join(sorted(unfinished))})" if unfinished else "")
     )
 
     args = [*worker_args, "--log", str(directory / "resumed.jsonl")]
