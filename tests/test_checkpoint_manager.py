@@ -263,3 +263,17 @@ def test_a_traced_counter_is_refused_before_writing(tmp_path):
     with pytest.raises(MetadataCheckpointError, match=r"manager.state\['index'\]"):
         MetadataManagerCheckpointHandler().save(epath.Path(tmp_path), MetadataManagerSave(manager))
     assert list(epath.Path(tmp_path).iterdir()) == []
+
+
+def test_reused_args_save_the_state_of_each_save(tmp_path):
+    manager = _build("threefry")
+    args = MetadataManagerSave(manager)
+    handler = MetadataManagerCheckpointHandler()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    handler.save(epath.Path(tmp_path / "a"), args)
+    _advance(manager, 3)
+    handler.save(epath.Path(tmp_path / "b"), args)
+    fresh = _build("threefry")
+    handler.restore(epath.Path(tmp_path / "b"), MetadataManagerRestore(fresh))
+    assert manager_state(fresh) == manager_state(manager)

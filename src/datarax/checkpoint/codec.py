@@ -306,10 +306,12 @@ def _rebuild(node: Any, by_path: dict[str, Metadata], where: str) -> Any:
 def _mismatch(where: str, saved: str, found: Any) -> MetadataCheckpointError:
     if found is None:
         kind = "None"
-    elif is_key(found) or (
-        isinstance(found, jax.ShapeDtypeStruct) and jnp.issubdtype(found.dtype, jax.dtypes.prng_key)
+    elif is_key(found):
+        kind = f"a typed {jax.random.key_impl(found)} key of shape {found.shape}"
+    elif isinstance(found, jax.ShapeDtypeStruct) and jnp.issubdtype(
+        found.dtype, jax.dtypes.prng_key
     ):
-        kind = f"a typed key {found.dtype}{list(found.shape)}"
+        kind = f"a typed key {found.dtype} of shape {found.shape}"
     elif isinstance(found, np.ndarray | np.generic | jax.Array | jax.ShapeDtypeStruct):
         kind = f"a {type(found).__name__} {found.dtype}{list(np.shape(found))}"
     else:
@@ -362,10 +364,12 @@ def _decode_field(entry: Any, t: Any, where: str, globals_: dict[str, jax.Array]
         return _materialize(k["data"], t, where, globals_)
     if has_target and not (_array_like(t) and jnp.issubdtype(t.dtype, jax.dtypes.prng_key)):
         raise _mismatch(where, _describe(entry), t)
+    if has_target and is_key(t) and str(jax.random.key_impl(t)) != k["impl"]:
+        raise _mismatch(where, _describe(entry), t)
     data = _materialize(k["data"], t, where, globals_, force_jax=True)
     key = wrap_key(data, k["impl"], where)
     if has_target and (key.dtype != t.dtype or key.shape != t.shape):
-        raise _mismatch(where, f"a typed key {key.dtype}{list(key.shape)}", t)
+        raise _mismatch(where, f"a typed {k['impl']} key of shape {key.shape}", t)
     return key
 
 

@@ -32,9 +32,10 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
     would have. Each process writes and reads its own file, ``process_<i>.jsonl``; restoring
     with a different number of processes is an error that names both counts.
 
-    The synchronous part of :meth:`async_save` only copies the state (a few host values);
-    the file is written in the returned commit future, so ``CheckpointManager.save`` returns
-    at once and the manager may advance immediately.
+    The state (a few host values) is copied when :class:`MetadataManagerSave` is built, at
+    the ``save`` call; the file is written in the commit future that :meth:`async_save`
+    returns, so ``CheckpointManager.save`` returns at once and the manager may advance
+    immediately.
 
     You rarely build this handler yourself: :class:`MetadataManagerSave` and
     :class:`MetadataManagerRestore` are registered with it, so a plain
@@ -68,7 +69,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
     async def async_save(
         self, directory: epath.Path, args: MetadataManagerSave
     ) -> list[ocp.future.Future]:
-        """Copies the manager's state now; returns the future that writes it.
+        """Returns the future that writes the state copied by ``args``.
 
         Args:
             directory: The item directory (it may be created asynchronously by Orbax; the
@@ -83,7 +84,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
             MetadataCheckpointError: The state holds a non-concrete value.
         """
         _expect(args, MetadataManagerSave, "save")
-        doc = snapshot_manager(args.manager)
+        doc = args.take_snapshot()
         path = epath.Path(directory) / process_file_name(doc["process_index"])
         return [
             ocp.future.CommitFutureAwaitingContractedSignals(
@@ -94,7 +95,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
     def save(self, directory: epath.Path, args: MetadataManagerSave) -> None:
         """Saves synchronously (what the commit future of :meth:`async_save` does, now)."""
         _expect(args, MetadataManagerSave, "save")
-        doc = snapshot_manager(args.manager)
+        doc = args.take_snapshot()
         write_document(epath.Path(directory) / process_file_name(doc["process_index"]), doc)
 
     def restore(self, directory: epath.Path, args: MetadataManagerRestore) -> MetadataManager:
@@ -140,7 +141,8 @@ class MetadataManagerSave(ocp.args.CheckpointArgs):
     :class:`MetadataManagerCheckpointHandler`).
 
     Attributes:
-        manager: The manager whose state, at the moment ``save`` is called, is saved.
+        manager: The manager to save. Its state is copied (and checked) when these args are
+            built, at the ``save`` call; args used a second time copy the state again then.
 
     Examples:
         >>> from datarax.core.metadata import MetadataManager
@@ -150,12 +152,24 @@ class MetadataManagerSave(ocp.args.CheckpointArgs):
     """
 
     manager: MetadataManager
+    _snapshot: dict[str, Any] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.manager, MetadataManager):
             raise TypeError(
                 f"MetadataManagerSave expects a MetadataManager, got {type(self.manager).__name__}."
             )
+        # Copy and check the state now, before Orbax starts the save: an error raised from
+        # inside Orbax's async save would leave its directory-creation threads waiting.
+        self._snapshot = snapshot_manager(self.manager)
+
+    def take_snapshot(self) -> dict[str, Any]:
+        """The state copied when these args were built, or, if they were used already
+        (args reused for another save), the state now."""
+        snapshot, self._snapshot = self._snapshot, None
+        return snapshot_manager(self.manager) if snapshot is None else snapshot
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_restore=True)

@@ -14,6 +14,7 @@ from etils import epath
 from datarax.checkpoint.codec import (
     _NO_TARGET,
     KIND,
+    EncodedItem,
     decode_item,
     describe_item,
     encode_item,
@@ -44,8 +45,9 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     restores with the target's sharding. A ``source_info`` value that would not come back
     equal and of the same type is refused before anything is written.
 
-    The synchronous part of :meth:`async_save` only copies the values; files are written
-    in the returned commit futures.
+    The values are copied and checked when :class:`MetadataSave` is built, that is at the
+    ``save`` call, so an item that cannot be saved fails before Orbax starts; files are
+    written in the commit futures that :meth:`async_save` returns.
 
     Examples:
         >>> import tempfile
@@ -72,7 +74,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     async def async_save(
         self, directory: epath.Path, args: MetadataSave
     ) -> list[ocp.future.Future]:
-        """Copies the item's values now; returns the futures that write them.
+        """Returns the futures that write the values copied by ``args``.
 
         Args:
             directory: The item directory (it may be created asynchronously by Orbax; writes
@@ -88,7 +90,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                 nothing is written.
         """
         _expect(args, MetadataSave, "save")
-        encoded = encode_item(args.item)
+        encoded = args.take_snapshot()
         directory = epath.Path(directory)
         futures: list[ocp.future.Future] = []
         if encoded.global_arrays:
@@ -112,7 +114,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         """Saves synchronously. Call :meth:`finalize` afterwards, as Orbax's checkpointers
         do, when the item has global arrays."""
         _expect(args, MetadataSave, "save")
-        encoded = encode_item(args.item)
+        encoded = args.take_snapshot()
         directory = epath.Path(directory)
         if encoded.global_arrays:
             with self._lock:
@@ -226,7 +228,8 @@ class MetadataSave(ocp.args.CheckpointArgs):
     Attributes:
         item: One ``Metadata``, or dicts, lists, tuples (or any pytree) of them; fields
             may be Python ints, NumPy or JAX arrays (for instance of shape ``[B]``, for a
-            batch), typed or raw keys.
+            batch), typed or raw keys. Its values are copied (and checked) when these args
+            are built, at the ``save`` call; args used a second time copy them again then.
 
     Examples:
         >>> from datarax.core.metadata import Metadata
@@ -236,6 +239,20 @@ class MetadataSave(ocp.args.CheckpointArgs):
     """
 
     item: Any
+    _snapshot: EncodedItem | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        # Copy and check the values now, before Orbax starts the save: an error raised from
+        # inside Orbax's async save would leave its directory-creation threads waiting.
+        self._snapshot = encode_item(self.item)
+
+    def take_snapshot(self) -> EncodedItem:
+        """The values copied when these args were built, or, if they were used already
+        (args reused for another save), the values now."""
+        snapshot, self._snapshot = self._snapshot, None
+        return encode_item(self.item) if snapshot is None else snapshot
 
 
 @ocp.args.register_with_handler(MetadataCheckpointHandler, for_restore=True)

@@ -1,0 +1,244 @@
+"""MetadataCheckpointHandler: exact round trips of Metadata pytrees, targets, refusals."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from checkpoint_oracle import assert_exact
+from etils import epath
+
+from datarax.checkpoint import (
+    MetadataCheckpointError,
+    MetadataCheckpointHandler,
+    MetadataRestore,
+    MetadataSave,
+)
+from datarax.core.metadata import Metadata, create_metadata
+
+B = 6
+SOURCE_INFO = {
+    "files": ("train-000.rec", "train-001.rec"),
+    3: "an int key",
+    (1, "a"): [1.5, -0.0, True, None, 1],
+    "$not_a_tag": {"nested": [(), [], {}], "ü": "ünïcødé \udc80"},
+}
+
+
+def _batched() -> Metadata:
+    keys = jax.random.split(jax.random.key(9, impl="rbg"), B)
+    encoded = np.zeros((B, 128), np.uint8)
+    encoded[:, 0] = np.arange(65, 65 + B)
+    return Metadata(
+        index=jnp.arange(B), epoch=jnp.full(B, 2, jnp.int32), global_step=np.arange(B) + 40,
+        batch_idx=jnp.zeros(B, jnp.int32), shard_id=np.full(B, 1, np.int16), rng_key=keys,
+        _encoded_key=jnp.asarray(encoded), source_info={"batch": True},
+    )  # fmt: skip
+
+
+ITEMS = {
+    "plain": lambda: Metadata(),
+    "ints_and_record_key": lambda: Metadata(
+        index=5, epoch=1, global_step=9, batch_idx=0, shard_id=3, key="train/00042"
+    ),
+    "typed_threefry": lambda: create_metadata(index=1, seed=3, record_key="k"),
+    "typed_rbg": lambda: Metadata(rng_key=jax.random.key(4, impl="rbg")),
+    "typed_unsafe_rbg": lambda: Metadata(rng_key=jax.random.key(4, impl="unsafe_rbg")),
+    "raw_threefry": lambda: Metadata(index=2, rng_key=jax.random.PRNGKey(11)),
+    "raw_rbg": lambda: Metadata(rng_key=jax.random.key_data(jax.random.key(5, impl="rbg"))),
+    "raw_numpy_key": lambda: Metadata(rng_key=np.array([1, 2], np.uint32)),
+    "numpy_counters": lambda: Metadata(
+        index=np.int64(7), epoch=np.array(3, np.int32), global_step=np.uint8(255)
+    ),
+    "source_info": lambda: Metadata(index=1, source_info=SOURCE_INFO),
+    "batched": _batched,
+    "nested": lambda: {
+        "train": [Metadata(index=1, key="a"), None, (Metadata(epoch=2), _batched())],
+        "eval": {7: Metadata(rng_key=jax.random.key(0)), 2: [Metadata(shard_id=1)]},
+        "empty": [],
+    },
+    "list_of_metadata": lambda: [create_metadata(index=i, seed=i) for i in range(4)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ITEMS))
+def test_handler_round_trip_without_and_with_target(tmp_path, name):
+    item = ITEMS[name]()
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(item))
+    handler.finalize(directory)
+    assert_exact(handler.restore(directory, MetadataRestore()), item)
+    assert_exact(handler.restore(directory, MetadataRestore(ITEMS[name]())), item)
+    assert_exact(handler.restore(directory), item)
+
+
+@pytest.mark.parametrize("name", ["nested", "source_info", "typed_rbg"])
+def test_round_trip_through_checkpoint_manager(tmp_path, name):
+    item = ITEMS[name]()
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(
+            3,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"w": np.ones(3)}), meta=MetadataSave(item)
+            ),
+        )
+        mngr.wait_until_finished()
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        restored = mngr.restore(
+            3, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=MetadataRestore())
+        )
+        described = mngr.item_metadata(3)["meta"]
+    assert_exact(restored["meta"], item)
+    assert described["format_version"] == 1
+    assert described["process_count"] == 1
+    assert described["restorable_without_target"] is True
+
+
+def test_saved_values_are_those_at_the_call(tmp_path):
+    counters = np.arange(4)
+    info = {"files": ["a"]}
+    item = Metadata(index=counters, source_info=info)
+    expected = Metadata(index=counters.copy(), source_info={"files": ["a"]})
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(1, args=ocp.args.Composite(meta=MetadataSave(item)))
+        counters[:] = 99  # the caller reuses its buffers right after save() returns
+        info["files"].append("b")
+        mngr.wait_until_finished()
+        restored = mngr.restore(1, args=ocp.args.Composite(meta=MetadataRestore()))
+    assert_exact(restored["meta"], expected)
+
+
+def test_description_names_how_each_field_is_held(tmp_path):
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave({"b": _batched(), "k": ITEMS["raw_threefry"]()}))
+    nodes = handler.metadata(directory)["nodes"]
+    assert nodes["['b']"]["index"] == "a jax array int32[6]"
+    assert nodes["['b']"]["global_step"] == "a numpy array int64[6]"
+    assert nodes["['b']"]["rng_key"] == "a typed rbg key"
+    assert nodes["['k']"]["rng_key"] == "a raw key uint32[2]"
+    assert nodes["['k']"]["index"] == "a Python int"
+    assert nodes["['k']"]["batch_idx"] == "None"
+
+
+def test_target_containers_and_sharding_are_used(tmp_path):
+    directory = epath.Path(tmp_path)
+    item = _batched()
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(item))
+    device = jax.devices()[0]
+    target = jax.tree.map(
+        lambda x: np.asarray(x) if x is item.index else x, item
+    )  # index wanted as NumPy
+    single = jax.sharding.SingleDeviceSharding(device)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single) if x is item.epoch else x,
+        target,
+    )
+    restored = handler.restore(directory, MetadataRestore(target))
+    assert type(restored.index) is np.ndarray
+    np.testing.assert_array_equal(restored.index, np.arange(B))
+    assert isinstance(restored.epoch, jax.Array) and restored.epoch.devices() == {device}
+    assert_exact(restored.rng_key, item.rng_key)
+
+
+class Pair(NamedTuple):
+    first: Metadata
+    second: Metadata
+
+
+def test_custom_containers_need_a_target(tmp_path):
+    directory = epath.Path(tmp_path)
+    item = Pair(Metadata(index=1), Metadata(index=2))
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(item))
+    with pytest.raises(MetadataCheckpointError, match=r"item is a Pair.*MetadataRestore\(target\)"):
+        handler.restore(directory, MetadataRestore())
+    assert_exact(handler.restore(directory, MetadataRestore(Pair(Metadata(), Metadata()))), item)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ({"a": Metadata()}, r"saved Metadata at \[''\].*\['a'\]"),
+        (
+            Metadata(index=np.arange(2)),
+            r"item\.index: saved a Python int, the target has a ndarray",
+        ),
+        (Metadata(index=1, shard_id=0), r"item\.shard_id: saved None, the target has a int"),
+        (
+            Metadata(index=1, rng_key=jax.random.key(0)),
+            r"item\.rng_key: saved a typed rbg key, the target has a typed threefry2x32 key",
+        ),
+    ],
+)
+def test_a_target_that_does_not_match_is_refused(tmp_path, target, expected):
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(Metadata(index=1, rng_key=jax.random.key(0, impl="rbg"))))
+    with pytest.raises(MetadataCheckpointError, match=expected):
+        handler.restore(directory, MetadataRestore(target))
+
+
+def test_an_array_target_of_another_shape_is_refused(tmp_path):
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(Metadata(index=jnp.arange(4))))
+    with pytest.raises(MetadataCheckpointError, match=r"saved a jax array int32\[4\]"):
+        handler.restore(directory, MetadataRestore(Metadata(index=jnp.arange(5))))
+
+
+@pytest.mark.parametrize(
+    ("source_info", "path"),
+    [
+        ({"files": ["a", "b", "c", {"x"}]}, r"source_info\['files'\]\[3\]: it is a set"),
+        ({"blob": b"\x00"}, r"source_info\['blob'\]: it is a bytes"),
+        ({"loss": float("nan")}, r"source_info\['loss'\]: it is a non-finite float"),
+        ({"n": np.int64(3)}, r"source_info\['n'\]: it is a int64; convert it"),
+        ({"k": (1, object())}, r"source_info\['k'\]\[1\]: it is a object"),
+        ({frozenset({1}): 1}, r"source_info key frozenset\(\{1\}\): it is a frozenset"),
+    ],
+)
+def test_bad_source_info_is_refused_before_anything_is_written(tmp_path, source_info, path):
+    directory = epath.Path(tmp_path)
+    item = {"train": [Metadata(index=0), Metadata(index=1, source_info=source_info)]}
+    handler = MetadataCheckpointHandler()
+    with pytest.raises(MetadataCheckpointError, match=r"item\['train'\]\[1\]\." + path):
+        handler.save(directory, MetadataSave(item))
+    assert list(directory.iterdir()) == []
+
+
+def test_bad_source_info_fails_the_manager_save_and_writes_no_item_files(tmp_path):
+    item = Metadata(source_info={"files": ["a", "b", "c", {"x"}]})
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        with pytest.raises(MetadataCheckpointError, match=r"source_info\['files'\]\[3\]"):
+            mngr.save(1, args=ocp.args.Composite(meta=MetadataSave(item)))
+        mngr.wait_until_finished()
+        assert mngr.all_steps() == []
+    written = [p for p in pathlib.Path(tmp_path).rglob("*") if p.is_file()]
+    assert not [p for p in written if p.name.startswith("process_")]
+
+
+def test_leaves_other_than_metadata_are_refused(tmp_path):
+    with pytest.raises(MetadataCheckpointError, match=r"item\['x'\]: .*found int"):
+        MetadataCheckpointHandler().save(
+            epath.Path(tmp_path), MetadataSave({"m": Metadata(), "x": 1})
+        )
+
+
+def test_a_traced_item_is_refused(tmp_path):
+    handler = MetadataCheckpointHandler()
+
+    @jax.jit
+    def inside(m):
+        with pytest.raises(MetadataCheckpointError, match="Save outside JAX transformations"):
+            handler.save(epath.Path(tmp_path), MetadataSave(m))
+        return m
+
+    inside(Metadata(index=jnp.int32(1)))
