@@ -1,0 +1,190 @@
+"""Damaged, incomplete, newer and older checkpoint items: exact state or a clear error."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+from checkpoint_oracle import assert_exact, manager_state
+from etils import epath
+from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from datarax.checkpoint import (
+    MetadataCheckpointError,
+    MetadataCheckpointHandler,
+    MetadataManagerCheckpointHandler,
+    MetadataManagerRestore,
+    MetadataManagerSave,
+    MetadataRestore,
+    MetadataSave,
+)
+from datarax.core.metadata import Metadata, MetadataManager
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v1"
+
+
+def _fixture_manager() -> MetadataManager:
+    """A manager built like the one saved in the fixture (other seeds: they are restored)."""
+    return MetadataManager(
+        rngs=nnx.Rngs(metadata=jax.random.key(0, impl="rbg"), params=0), track_batches=True
+    )
+
+
+def _fixture_item() -> dict:
+    """What the fixture's Metadata item holds, spelled out."""
+    return {
+        "last": Metadata(
+            index=4, epoch=2, global_step=44, batch_idx=1, shard_id=1, key="train/00004",
+            rng_key=jax.random.key(5), source_info={"files": ("a.rec", "b.rec"), 7: [1.5, None]},
+        ),
+        "batch": [
+            Metadata(
+                index=np.array([0, 1, 2], dtype=np.int32), epoch=np.int64(2),
+                rng_key=jax.numpy.array([0, 9], dtype=np.uint32),
+                global_step=jax.numpy.array([41, 42, 43], dtype=np.int32),
+            ),
+        ],
+    }  # fmt: skip
+
+
+def test_format_version_1_manager_fixture_restores():
+    manager = _fixture_manager()
+    MetadataManagerCheckpointHandler().restore(
+        epath.Path(FIXTURES / "manager"), MetadataManagerRestore(manager)
+    )
+    assert manager_state(manager) == {
+        "state": {"global_step": (int, 45), "epoch": (int, 2), "index": (int, 5),
+                  "batch_idx": (int, 1)},
+        "shard_id": 1,
+        "track_batches": True,
+        "streams": {"metadata": ("rbg", [0, 3, 0, 3], 5), "params": ("threefry2x32", [0, 11], 1)},
+    }  # fmt: skip
+    record = manager.create_metadata(record_key=5)
+    expected = jax.random.fold_in(jax.random.key(3, impl="rbg"), 5)
+    np.testing.assert_array_equal(
+        jax.random.key_data(record.rng_key), jax.random.key_data(expected)
+    )
+
+
+def test_format_version_1_metadata_fixture_restores():
+    restored = MetadataCheckpointHandler().restore(epath.Path(FIXTURES / "metadata"))
+    assert_exact(restored, _fixture_item())
+    assert restored["last"].entry_key == "train/00004"
+
+
+def _copy_fixture(name: str, tmp: pathlib.Path) -> epath.Path:
+    shutil.copytree(FIXTURES / name, tmp / name)
+    return epath.Path(tmp / name)
+
+
+def _set_header_version(path: epath.Path, version: int) -> None:
+    header, body = path.read_bytes().split(b"\n", 1)
+    fields = json.loads(header)
+    fields["format_version"] = version
+    path.write_bytes(json.dumps(fields, separators=(",", ":")).encode() + b"\n" + body)
+
+
+def test_a_newer_format_version_is_a_clear_error(tmp_path):
+    directory = _copy_fixture("manager", tmp_path)
+    _set_header_version(directory / "process_0.jsonl", 2)
+    with pytest.raises(MetadataCheckpointError, match=r"format version 2, newer .*\(up to 1\)"):
+        MetadataManagerCheckpointHandler().restore(
+            directory, MetadataManagerRestore(_fixture_manager())
+        )
+
+
+# --- damage: every file of a saved item, truncated, with a byte changed, or deleted ----------
+
+
+def _save_manager(directory: epath.Path) -> None:
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=1, params=jax.random.key(2, impl="rbg")))
+    manager.create_batch_metadata(list(range(10)))
+    MetadataManagerCheckpointHandler().save(directory, MetadataManagerSave(manager))
+
+
+def _restore_manager(directory: epath.Path) -> None:
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0, params=jax.random.key(0, impl="rbg")))
+    MetadataManagerCheckpointHandler().restore(directory, MetadataManagerRestore(manager))
+
+
+def _save_metadata(directory: epath.Path) -> None:
+    item = _fixture_item()
+    item["batch"].append(Metadata(index=jax.numpy.arange(4), rng_key=jax.random.key(1)))
+    MetadataCheckpointHandler().save(directory, MetadataSave(item))
+
+
+def _restore_metadata(directory: epath.Path) -> None:
+    MetadataCheckpointHandler().restore(directory, MetadataRestore())
+
+
+ITEMS = {
+    "manager": (_save_manager, _restore_manager),
+    "metadata": (_save_metadata, _restore_metadata),
+}
+_PRISTINE: dict[str, pathlib.Path] = {}
+
+
+def _pristine(kind: str) -> pathlib.Path:
+    """A saved item, written once per test session and copied before each damage."""
+    if kind not in _PRISTINE:
+        path = pathlib.Path(tempfile.mkdtemp(prefix=f"datarax-{kind}-"))
+        ITEMS[kind][0](epath.Path(path))
+        _PRISTINE[kind] = path
+    return _PRISTINE[kind]
+
+
+def _damage(path: pathlib.Path, how: str, position: float, mask: int) -> None:
+    data = path.read_bytes()
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(data[: int(position * len(data))])  # position < 1: at least 1 byte less
+    else:
+        i = min(int(position * len(data)), len(data) - 1)
+        path.write_bytes(data[:i] + bytes([data[i] ^ mask]) + data[i + 1 :])
+
+
+def _check_damage(kind: str, file_index: int, how: str, position: float, mask: int) -> None:
+    pristine = _pristine(kind)
+    files = sorted(p.relative_to(pristine) for p in pristine.rglob("*") if p.is_file())
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = pathlib.Path(tmp) / "item"
+        shutil.copytree(pristine, copy)
+        target = copy / files[file_index % len(files)]
+        _damage(target, how, position, mask)
+        with pytest.raises(MetadataCheckpointError, match=target.name):
+            ITEMS[kind][1](epath.Path(copy))
+
+
+@pytest.mark.parametrize("kind", sorted(ITEMS))
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_every_file_damaged_is_an_error_naming_it(kind, how):
+    pristine = _pristine(kind)
+    ITEMS[kind][1](epath.Path(pristine))  # the undamaged item restores
+    n_files = sum(1 for p in pristine.rglob("*") if p.is_file())
+    for file_index in range(n_files):
+        for position in (0.0, 0.05, 0.5, 0.99):
+            _check_damage(kind, file_index, how, position, 0x01)
+
+
+@given(
+    kind=st.sampled_from(sorted(ITEMS)),
+    file_index=st.integers(0, 100),
+    how=st.sampled_from(["delete", "truncate", "flip"]),
+    position=st.floats(0.0, 0.999),
+    mask=st.integers(1, 255),
+)
+def test_damage_anywhere_is_an_error(kind, file_index, how, position, mask):
+    _check_damage(kind, file_index, how, position, mask)
+
+
+def test_a_missing_item_is_an_error(tmp_path):
+    with pytest.raises(MetadataCheckpointError, match="holds no datarax checkpoint item"):
+        _restore_manager(epath.Path(tmp_path))
