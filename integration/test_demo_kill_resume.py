@@ -81,3 +81,25 @@ def test_console_script_is_the_demo():
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "datarax-demo"]
     assert script.value == "datarax.demo:main"
     assert callable(script.load())
+
+
+def test_the_verdict_sees_one_flipped_bit():
+    from datarax.demo.training import StepLog
+
+    def log(step: int, loss_bits: int = 0x3F800000, key_word: int = 7) -> StepLog:
+        return StepLog(step, loss_bits, [step], [0], [step], [step], [3], [[1, key_word]])
+
+    reference = {s: log(s) for s in range(3)}
+    assert compare(reference, {"run": dict(reference)}, 3) == (True, True, [])
+    flipped_loss = {**reference, 1: log(1, loss_bits=0x3F800001)}
+    records_ok, losses_ok, found = compare(reference, {"run": flipped_loss}, 3)
+    assert (records_ok, losses_ok) == (True, False)
+    assert "step 1: loss 1.0000001192092896 (bits 0x3f800001), reference 1.0" in found[0]
+    flipped_key = {**reference, 2: log(2, key_word=6)}
+    assert compare(reference, {"run": flipped_key}, 3) == (
+        False,
+        True,
+        ["run: step 2: records differ in rng_key"],
+    )
+    missing = {0: reference[0], 2: reference[2]}
+    assert compare(reference, {"run": missing}, 3)[:2] == (False, False)

@@ -9,6 +9,7 @@ options. The modules, one concept each:
 - :mod:`datarax.demo.training`: one run, checkpointed with an async ``CheckpointManager``.
 - :mod:`datarax.demo.worker`: a run in a child process (``python -m datarax.demo.worker``).
 - :mod:`datarax.demo.harness`: the scenario (reference, kill, resume) and its verdict.
+- :mod:`datarax.demo.child`: a worker process, in its own process group, always reaped.
 - :mod:`datarax.demo.plot`: the loss-curve figure.
 - :mod:`datarax.demo.environment`: the settings under which runs compute the same bits.
 """

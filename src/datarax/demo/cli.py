@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from datarax.demo.environment import configure
 
     env = configure()
-    from datarax.demo.harness import DemoError, report, run_demo
+    from datarax.demo.child import DemoError
+    from datarax.demo.harness import report, run_demo
     from datarax.demo.training import RunConfig
 
     try:

@@ -261,13 +261,3 @@ def run(
     finally:
         if manager is not None:
             manager.close()
-
-
-def first_step(checkpoints: Path) -> int:
-    """The step a resumed run starts from: the latest committed checkpoint, or 0."""
-    manager = ocp.CheckpointManager(checkpoints)
-    try:
-        latest = manager.latest_step()
-    finally:
-        manager.close()
-    return 0 if latest is None else latest
