@@ -1,0 +1,171 @@
+"""The pure codecs: source_info and Metadata pytrees <-> JSON documents (no files)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from checkpoint_oracle import assert_exact
+from hypothesis import given
+from hypothesis import strategies as st
+
+from datarax.checkpoint import MetadataCheckpointError
+from datarax.checkpoint.codec import decode_item, encode_item
+from datarax.checkpoint.integrity import dumps_document, loads_document
+from datarax.checkpoint.source_info import decode_source_info, encode_source_info
+from datarax.core.metadata import Metadata
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+keys = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.text(max_size=4)
+    | st.tuples(st.integers(0, 3), st.text(max_size=2))
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(keys, inner, max_size=4)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _typed(value):
+    """``value`` with every part's type attached (``1 == True == 1.0`` in Python)."""
+    if isinstance(value, dict):
+        return ("dict", [(_typed(k), _typed(v)) for k, v in value.items()])
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [_typed(v) for v in value])
+    if isinstance(value, float):
+        return ("float", value.hex())  # tells -0.0 from 0.0
+    return (type(value).__name__, value)
+
+
+def _through_json(data):
+    return json.loads(json.dumps(data, allow_nan=False))
+
+
+@given(st.dictionaries(keys, values, max_size=5))
+def test_source_info_round_trips_exactly(info):
+    decoded = decode_source_info(_through_json(encode_source_info(info)))
+    assert _typed(decoded) == _typed(info)
+
+
+@given(values)
+def test_any_supported_value_round_trips_exactly(value):
+    assert _typed(decode_source_info(_through_json(encode_source_info(value)))) == _typed(value)
+
+
+class Opaque:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ({"files": ["a", "b", "c", {"d"}]}, "source_info['files'][3]"),
+        ({"x": (1, 2, b"raw")}, "source_info['x'][2]"),
+        ({"x": [math.inf]}, "source_info['x'][0]"),
+        ({"x": {"y": -math.nan}}, "source_info['x']['y']"),
+        ({3: np.float32(1.0)}, "source_info[3]"),
+        ({"o": Opaque()}, "source_info['o']"),
+        ({"s": frozenset()}, "source_info['s']"),
+        ({"b": bytearray(b"x")}, "source_info['b']"),
+    ],
+)
+def test_values_that_cannot_round_trip_are_refused_with_their_path(value, path):
+    with pytest.raises(MetadataCheckpointError) as err:
+        encode_source_info(value)
+    assert f"Cannot save {path}:" in str(err.value)
+
+
+def test_subclasses_and_cycles_are_refused():
+    from collections import OrderedDict
+
+    with pytest.raises(MetadataCheckpointError, match=r"a OrderedDict; use a plain dict"):
+        encode_source_info({"o": OrderedDict()})
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(
+        MetadataCheckpointError, match=r"source_info\['l'\]\[0\]: .*contains itself"
+    ):
+        encode_source_info({"l": loop})
+
+
+def test_tags_are_not_confused_with_user_keys():
+    info = {"$tuple": [1, 2], "$dict": [], "plain": {"$x": 1}}
+    assert _typed(decode_source_info(_through_json(encode_source_info(info)))) == _typed(info)
+
+
+@pytest.mark.parametrize("bad", [{"$tuple": 1}, {"$set": []}, {"$dict": [[1]]}, b"x"])
+def test_malformed_encodings_are_errors(bad):
+    with pytest.raises(MetadataCheckpointError, match="not an encoded source_info"):
+        decode_source_info(bad)
+
+
+# --- Metadata pytrees ------------------------------------------------------------------------
+
+counters = (
+    st.integers(0, 2**40)
+    | st.integers(0, 2**31 - 1).map(np.int32)
+    | st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=3).map(
+        lambda v: np.asarray(v, np.int32)
+    )
+)
+optional = st.none() | counters
+rng_keys = st.none() | st.tuples(
+    st.integers(0, 2**32 - 1), st.sampled_from(["threefry2x32", "rbg", "unsafe_rbg"]), st.booleans()
+).map(lambda t: jax.random.key(t[0], impl=t[1]) if t[2] else jax.random.key_data(
+    jax.random.key(t[0], impl=t[1])))  # fmt: skip
+metadata = st.builds(
+    Metadata,
+    index=counters,
+    epoch=counters,
+    global_step=counters,
+    batch_idx=optional,
+    shard_id=optional,
+    rng_key=rng_keys,
+    key=st.none() | st.text(max_size=10).filter(lambda s: "\x00" not in s),
+    source_info=st.none() | st.dictionaries(keys, values, max_size=3),
+)
+trees = st.recursive(
+    metadata,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+    ),
+    max_leaves=4,
+)
+
+
+@given(trees)
+def test_metadata_trees_round_trip_exactly_through_a_document(tree):
+    encoded = encode_item(tree)
+    assert encoded.global_arrays == {}
+    doc = loads_document(dumps_document(encoded.doc), "memory")
+    assert_exact(decode_item(doc, "memory"), tree)
+    assert_exact(decode_item(doc, "memory", tree), tree)
+
+
+def test_a_jax_counter_stays_a_jax_array_and_ints_stay_ints():
+    m = Metadata(index=jnp.int32(3), epoch=2, global_step=np.int64(1))
+    out = decode_item(encode_item(m).doc, "memory")
+    assert isinstance(out.index, jax.Array) and out.index.dtype == jnp.int32
+    assert type(out.epoch) is int
+    assert type(out.global_step) is np.int64
