@@ -86,3 +86,20 @@ def resumed_logs(attempts: list[Path]) -> dict[int, dict[str, Any]]:
         end = min(later) if later else None
         combined.update({s: log for s, log in logs.items() if end is None or s < end})
     return combined
+
+
+def fixture_next_record(manager: MetadataManager) -> dict[str, Any]:
+    """One record of the job that resumes the format-1 fixture: a batch every 4 records,
+    an epoch every 12; returns its log."""
+    record = manager.create_metadata(record_key=manager.state.get_value()["global_step"])
+    step = manager.state.get_value()["global_step"]
+    if step % 4 == 0:
+        manager.next_batch()
+    if step % 12 == 0:
+        manager.next_epoch()
+    return {
+        "step": record.global_step,
+        **one_record_log(record),
+        "batch_idx": record.batch_idx,
+        "shard_id": record.shard_id,
+    }
