@@ -23,18 +23,18 @@ from datarax.checkpoint.integrity import dumps_document, loads_document
 from datarax.core.metadata import MetadataManager
 
 
-def _rngs(kind: str) -> nnx.Rngs | None:
+def _rngs(kind: str, seed: int = 0) -> nnx.Rngs | None:
     if kind == "none":
         return None
     if kind == "threefry":
-        return nnx.Rngs(metadata=42)
+        return nnx.Rngs(metadata=42 + seed)
     if kind == "rbg":
-        return nnx.Rngs(metadata=jax.random.key(7, impl="rbg"))
+        return nnx.Rngs(metadata=jax.random.key(7 + seed, impl="rbg"))
     if kind == "several":
         return nnx.Rngs(
-            metadata=jax.random.key(1, impl="rbg"),
-            params=jax.random.key(2, impl="threefry2x32"),
-            dropout=jax.random.key(3, impl="unsafe_rbg"),
+            metadata=jax.random.key(1 + seed, impl="rbg"),
+            params=jax.random.key(2 + seed, impl="threefry2x32"),
+            dropout=jax.random.key(3 + seed, impl="unsafe_rbg"),
         )
     raise AssertionError(kind)
 
@@ -63,16 +63,16 @@ KINDS = ["none", "threefry", "rbg", "several"]
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("track_batches", [True, False])
-def test_handler_round_trip_continues_the_stream(tmp_path, kind, track_batches):
+@pytest.mark.parametrize("seed", [0, 100])
+def test_handler_round_trip_continues_the_stream(tmp_path, kind, track_batches, seed):
     saved = _build(kind, track_batches=track_batches)
     _advance(saved, 7)
     handler = MetadataManagerCheckpointHandler()
     handler.save(epath.Path(tmp_path), MetadataManagerSave(saved))
 
-    fresh = MetadataManager(
-        rngs=_rngs(kind) if kind != "none" else None, track_batches=track_batches
-    )
-    if fresh.rngs is not None:  # other key values than the saved ones: all are replaced
+    # Built with other seeds (all keys are replaced) or the same ones (keys are kept).
+    fresh = MetadataManager(rngs=_rngs(kind, seed=seed), track_batches=track_batches)
+    if fresh.rngs is not None:
         for _, stream in fresh.rngs.items():
             stream()
     restored = handler.restore(epath.Path(tmp_path), MetadataManagerRestore(fresh))

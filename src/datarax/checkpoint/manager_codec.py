@@ -19,6 +19,23 @@ from datarax.checkpoint.integrity import process_header
 from datarax.core.metadata import MetadataManager
 
 KIND = "MetadataManager"
+_PLAIN = (dict, np.ndarray, type(jax.numpy.zeros(0)), type(jax.random.key(0)))
+
+
+def _read(variable: Any) -> Any:
+    """``variable.get_value()``, without its cost for the plain values a manager holds.
+
+    ``get_value`` copies the value and asks JAX whether it is an array ref (tens of
+    microseconds, which a save on every step would pay several times). A value of one of
+    these concrete types is never a ref; a Variable with ``on_get_value`` hooks, or any
+    other value, goes through ``get_value``.
+    """
+    raw = variable._raw_value
+    if type(raw) in _PLAIN and "on_get_value" not in variable._var_metadata:
+        return dict(raw) if type(raw) is dict else raw
+    return variable.get_value()
+
+
 _STATE_KEYS = ("global_step", "epoch", "index", "batch_idx")
 _U32 = np.dtype(np.uint32)
 
@@ -44,7 +61,7 @@ def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
 
 def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
     where = f"manager.rngs[{name!r}]"
-    key = stream.key.get_value()
+    key = _read(stream.key)
     if isinstance(key, jax.core.Tracer):
         raise MetadataCheckpointError(
             f"Cannot save {where}.key: it is a tracer. Save outside JAX transformations."
@@ -59,7 +76,7 @@ def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
             f"Cannot save {where}.key: expected a JAX PRNG key, found "
             f"{getattr(key, 'dtype', type(key).__name__)}."
         )
-    count = stream.count.get_value()
+    count = _read(stream.count)
     if isinstance(count, jax.core.Tracer) or not (
         isinstance(count, np.ndarray | jax.Array | np.integer | int)
         and np.issubdtype(np.asarray(count).dtype, np.integer)
@@ -99,7 +116,7 @@ def snapshot_manager(manager: MetadataManager) -> dict[str, Any]:
         >>> doc["state"], doc["rngs"]["metadata"]["key_data"]
         ({'global_step': 0, 'epoch': 0, 'index': 0, 'batch_idx': None}, [0, 7])
     """
-    state = manager.state.get_value()
+    state = _read(manager.state)
     if type(state) is not dict or set(state) != set(_STATE_KEYS):
         raise MetadataCheckpointError(
             f"Cannot save manager.state: expected a dict with keys {list(_STATE_KEYS)}, found "
@@ -167,7 +184,7 @@ def _differences(manager: MetadataManager, doc: dict[str, Any]) -> list[str]:
                 f"not saved: {sorted(set(mine) - set(saved))})"
             )
         for name in sorted(set(saved) & set(mine)):
-            s, key = saved[name], mine[name].key.get_value()
+            s, key = saved[name], _read(mine[name].key)
             typed = is_key(key)
             impl = str(jax.random.key_impl(key)) if typed else None
             if (s["typed"], s["impl"]) != (typed, impl):
@@ -223,15 +240,21 @@ def restore_manager(manager: MetadataManager, doc: dict[str, Any], where: str) -
                 count = np.asarray(s["count"], dtype=np.uint32).reshape(s["count_shape"])
             except ValueError as e:
                 raise MetadataCheckpointError(f"{where}: rngs[{name!r}] is malformed ({e}).") from e
-            key = (
-                wrap_key(data, s["impl"], f"{where}: rngs[{name!r}]")
-                if s["typed"]
-                else (jax.numpy.asarray(data))
-            )
+            current = _read(stream.key)
+            if s["typed"] and np.array_equal(key_host_data(current)[1], data):
+                # The manager was built with the saved key (the usual resume): keeping the
+                # very object spares a new key's first use and keeps its derived keys cached.
+                key = None
+            elif s["typed"]:
+                key = wrap_key(data, s["impl"], f"{where}: rngs[{name!r}]")
+            else:
+                key = jax.numpy.asarray(data)
             updates.append((stream, key, count))
     manager.state.set_value(new_state)
-    manager.shard_id = doc["shard_id"]
+    if manager.shard_id != doc["shard_id"]:
+        manager.shard_id = doc["shard_id"]
     for stream, key, count in updates:
-        stream.key.set_value(key)
+        if key is not None:
+            stream.key.set_value(key)
         stream.count.set_value(count)
     return manager

@@ -1,0 +1,265 @@
+"""Cost of the datarax checkpoint items inside an ``ocp.CheckpointManager``.
+
+Run: ``python -m benchmarks.checkpoint_bench`` (one process; prints tables and ratios).
+
+1. Item cost: ``save()`` + ``wait_until_finished()``, and ``restore()``, of one item in a
+   ``CheckpointManager``, side by side with ``ocp.args.JsonSave``/``JsonRestore`` and
+   ``ocp.args.StandardSave``/``StandardRestore`` of the same fields. Each variant has its own
+   manager and directory; they are timed one operation at a time in turn, so that load on
+   the machine falls on all of them alike; figures are medians.
+2. Blocking time: how much longer ``CheckpointManager.save()`` blocks the training loop when
+   the ``MetadataManagerSave`` item is added to an async save of model state. Steps are
+   spaced as in training (a sleep stands for the train step), the two kinds of saves
+   alternate, and the previous save has finished before the next begins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from datarax.checkpoint import (
+    MetadataManagerRestore,
+    MetadataManagerSave,
+    MetadataRestore,
+    MetadataSave,
+)
+from datarax.checkpoint.manager_codec import snapshot_manager
+from datarax.core.metadata import Metadata, MetadataManager
+
+GOALS = {"save_vs_json": 1.25, "restore_vs_json": 1.5, "save_vs_standard": 0.5, "blocking_ms": 2}
+
+
+def _manager() -> MetadataManager:
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0, params=1), track_batches=True, shard_id=0)
+    for i in range(100):
+        manager.create_metadata(record_key=i)
+    manager.create_batch_metadata(list(range(1000)))
+    manager.next_batch()
+    return manager
+
+
+def _manager_fields(manager: MetadataManager) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manager item's fields as a JSON dict and as a pytree of NumPy arrays."""
+    doc = snapshot_manager(manager)
+    as_json = {
+        "state": doc["state"], "shard_id": doc["shard_id"],
+        "track_batches": doc["track_batches"], "rngs": doc["rngs"],
+    }  # fmt: skip
+    as_arrays = {k: np.asarray(v, np.int64) for k, v in doc["state"].items() if v is not None}
+    as_arrays["shard_id"] = np.asarray(doc["shard_id"], np.int64)
+    as_arrays["track_batches"] = np.asarray(doc["track_batches"])
+    for name, s in doc["rngs"].items():
+        as_arrays[f"{name}_key"] = np.asarray(s["key_data"], np.uint32)
+        as_arrays[f"{name}_count"] = np.asarray(s["count"][0], np.uint32)
+    return as_json, as_arrays
+
+
+def _batch_metadata(n: int) -> Metadata:
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0), track_batches=True)
+    b = manager.create_batch_metadata([f"train/{i:06d}" for i in range(n)])
+    return Metadata(
+        index=b.index, epoch=b.epoch, global_step=b.global_step, batch_idx=b.batch_idx,
+        rng_key=b.rng_key, source_info={"split": "train", "files": ("a.rec", "b.rec")},
+    )  # fmt: skip
+
+
+def _batch_fields(m: Metadata) -> tuple[dict[str, Any], dict[str, Any]]:
+    arrays = {
+        "index": np.asarray(m.index), "epoch": np.asarray(m.epoch),
+        "global_step": np.asarray(m.global_step), "batch_idx": np.asarray(m.batch_idx),
+        "rng_key": np.asarray(jax.random.key_data(m.rng_key)),
+    }  # fmt: skip
+    as_json = {k: v.tolist() for k, v in arrays.items()}
+    as_json["source_info"] = {"split": "train", "files": ["a.rec", "b.rec"]}
+    return as_json, arrays
+
+
+class _Variant:
+    """One item kind in its own CheckpointManager and directory."""
+
+    def __init__(self, label: str, root: str, save: Callable[[], Any], restore: Callable[[], Any]):
+        self.label = label
+        self.dir = os.path.join(root, label.replace(" ", "_"))
+        self.mngr = ocp.CheckpointManager(self.dir)
+        self.save_args, self.restore_args = save, restore
+        self.step = 0
+        self.save_s: list[float] = []
+        self.restore_s: list[float] = []
+
+    def save(self, record: bool = True) -> None:
+        self.step += 1
+        start = time.perf_counter()
+        self.mngr.save(self.step, args=ocp.args.Composite(item=self.save_args()))
+        self.mngr.wait_until_finished()
+        if record:
+            self.save_s.append(time.perf_counter() - start)
+
+    def restore(self, record: bool = True) -> None:
+        start = time.perf_counter()
+        self.mngr.restore(self.step, args=ocp.args.Composite(item=self.restore_args()))
+        if record:
+            self.restore_s.append(time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.mngr.close()
+
+
+def _item_costs(
+    name: str, datarax: tuple[Callable[[], Any], Callable[[], Any]], as_json: Any, arrays: Any,
+    repeats: int, root: str,
+) -> dict[str, tuple[float, float]]:  # fmt: skip
+    variants = [
+        _Variant(f"{name} datarax", root, *datarax),
+        _Variant(
+            f"{name} JsonSave", root, lambda: ocp.args.JsonSave(as_json), ocp.args.JsonRestore
+        ),
+        _Variant(
+            f"{name} StandardSave", root,
+            lambda: ocp.args.StandardSave(arrays), ocp.args.StandardRestore,
+        ),
+    ]  # fmt: skip
+    for _ in range(3):  # warm-up: imports, compilation, first directories
+        for v in variants:
+            v.save(record=False)
+            v.restore(record=False)
+    # Interleaved one operation at a time, so that load on the machine falls on all alike.
+    for _ in range(repeats):
+        for v in variants:
+            v.save()
+    for _ in range(repeats):
+        for v in variants:
+            v.restore()
+    out = {}
+    for v in variants:
+        out[v.label.split(" ", 1)[1]] = (
+            statistics.median(v.save_s) * 1e3,
+            statistics.median(v.restore_s) * 1e3,
+        )
+        v.close()
+    return out
+
+
+def _blocking(steps: int, interval: float, root: str) -> tuple[float, float, float, float]:
+    """Median ms that ``save()`` blocks: model state alone, and with the manager item."""
+    key = jax.random.key(0)
+    params = {
+        f"layer{i}": jax.random.normal(jax.random.fold_in(key, i), (512, 1024), jnp.float32)
+        for i in range(4)
+    }  # 8 MiB of model state
+    manager = _manager()
+    alone = ocp.CheckpointManager(os.path.join(root, "state_alone"))
+    both = ocp.CheckpointManager(os.path.join(root, "state_and_data"))
+    times: dict[str, list[float]] = {"alone": [], "both": []}
+    item_sync: list[float] = []
+    for step in range(steps + 2):
+        for label, mngr in (("alone", alone), ("both", both)):
+            time.sleep(interval)  # the train step
+            mngr.wait_until_finished()  # the previous save is long done: returns at once
+            for _ in range(10):  # the manager advances during the step
+                manager.create_metadata(record_key=step)
+            params = jax.tree.map(lambda p: p + 1.0, params)
+            jax.block_until_ready(params)
+            start = time.perf_counter()
+            if label == "alone":
+                args = ocp.args.Composite(state=ocp.args.StandardSave(params))
+            else:
+                t0 = time.perf_counter()
+                data = MetadataManagerSave(manager)
+                item_sync.append(time.perf_counter() - t0)
+                args = ocp.args.Composite(state=ocp.args.StandardSave(params), data=data)
+            mngr.save(step, args=args)
+            elapsed = time.perf_counter() - start
+            if step >= 2:  # the first saves compile and create directories
+                times[label].append(elapsed)
+    alone.wait_until_finished()
+    both.wait_until_finished()
+    alone.close()
+    both.close()
+    a, b = statistics.median(times["alone"]) * 1e3, statistics.median(times["both"]) * 1e3
+    return a, b, b - a, statistics.median(item_sync[2:]) * 1e3
+
+
+def _machine() -> str:
+    lscpu = ""
+    with contextlib.suppress(OSError):
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
+                  if ln.startswith("Model name")), platform.processor() or "cpu")  # fmt: skip
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {platform.machine()}, python "
+        f"{platform.python_version()}, jax {jax.__version__}, orbax-checkpoint "
+        f"{ocp.__version__}, backend {jax.default_backend()}, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    args = parser.parse_args(argv)
+    repeats, steps = (6, 6) if args.quick else (100, 40)
+    interval = 0.05 if args.quick else 0.25
+
+    root = tempfile.mkdtemp(prefix="datarax-ckpt-bench-")
+    try:
+        manager = _manager()
+        m_json, m_arrays = _manager_fields(manager)
+        batch = _batch_metadata(256)
+        b_json, b_arrays = _batch_fields(batch)
+        costs = {
+            "MetadataManagerSave": _item_costs(
+                "manager", (lambda: MetadataManagerSave(manager),
+                            lambda: MetadataManagerRestore(manager)),
+                m_json, m_arrays, repeats, root,
+            ),
+            "MetadataSave (batch of 256)": _item_costs(
+                "batch", (lambda: MetadataSave(batch), MetadataRestore),
+                b_json, b_arrays, repeats, root,
+            ),
+        }  # fmt: skip
+        blocking = _blocking(steps, interval, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"machine: {_machine()}")
+    print(f"item cost in a CheckpointManager, median of {repeats} (ms):")
+    print(f"{'item':30} {'variant':14} {'save+wait':>10} {'restore':>10}")
+    for item, rows in costs.items():
+        for variant, (save, restore) in rows.items():
+            print(f"{item:30} {variant:14} {save:10.2f} {restore:10.2f}")
+    print("ratios (goal):")
+    for item, rows in costs.items():
+        d, j, s = rows["datarax"], rows["JsonSave"], rows["StandardSave"]
+        print(
+            f"  {item}: save/JsonSave {d[0] / j[0]:.2f} (<= {GOALS['save_vs_json']}), "
+            f"restore/JsonRestore {d[1] / j[1]:.2f} (<= {GOALS['restore_vs_json']}), "
+            f"save/StandardSave {d[0] / s[0]:.2f} (<= {GOALS['save_vs_standard']})"
+        )
+    alone, both, extra, item_sync = blocking
+    print(
+        f"save() blocking, 8 MiB model state, {steps} steps {interval * 1e3:.0f} ms apart, "
+        f"median ms: state alone {alone:.2f}, state + MetadataManagerSave {both:.2f}, "
+        f"extra {extra:+.2f} (goal < {GOALS['blocking_ms']}); building MetadataManagerSave "
+        f"(the item's copy of the state) {item_sync:.3f}"
+    )
+    return {"costs": costs, "blocking": blocking}
+
+
+if __name__ == "__main__":
+    main()
