@@ -94,8 +94,11 @@ class Process:
 
     def kill(self) -> None:
         """SIGKILLs the process and everything it started (its process group)."""
-        with contextlib.suppress(ProcessLookupError):  # the group is already gone
-            os.killpg(self.popen.pid, signal.SIGKILL)
+        # Until the child is reaped its pid, and so its group id, cannot be reused: never
+        # signal a group id that might by now belong to someone else.
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # the group is already gone
+                os.killpg(self.popen.pid, signal.SIGKILL)
 
 
 class Processes:

@@ -48,8 +48,11 @@ class Child:
 
     def kill(self) -> None:
         """SIGKILLs the child and every process it started."""
-        with contextlib.suppress(ProcessLookupError):  # the group is already gone
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # Until the child is reaped its pid, and so its group id, cannot be reused: never
+        # signal a group id that might by now belong to someone else.
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # the group is already gone
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def lines(self) -> Iterator[str]:
         """The child's output lines (stdout and stderr), until it exits."""
