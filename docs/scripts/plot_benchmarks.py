@@ -1,5 +1,8 @@
 """Draws ``docs/benchmarks.png`` from the tables measured in ``docs/benchmarks.md``.
 
+One figure, two panels: records per second of metadata creation, and the cost of the
+checkpoint items against Orbax's ``JsonSave`` and ``StandardSave``.
+
 Run from the repository root: ``.venv/bin/python docs/scripts/plot_benchmarks.py``. The
 figures are read from the Markdown tables, never typed in here, so the plot cannot drift
 from the page: re-run this after re-measuring.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 DOCS = Path(__file__).resolve().parents[1]
 
@@ -33,10 +37,15 @@ def read_table(markdown: str, heading: str) -> list[list[str]]:
 
 def number(cell: str) -> float:
     """``'1,234.5'``, ``'12.3x'`` or ``'0.85 ms'`` as a float."""
-    found = re.search(r"[-+]?\d[\d,]*(?:\.\d+)?", cell)
-    if found is None:
+    return numbers(cell)[0]
+
+
+def numbers(cell: str) -> list[float]:
+    """Every number of a cell: ``'16.98 / 15.16'`` (one per run) is ``[16.98, 15.16]``."""
+    found = re.findall(r"[-+]?\d[\d,]*(?:\.\d+)?", cell)
+    if not found:
         raise ValueError(f"no number in table cell {cell!r}")
-    return float(found[0].replace(",", ""))
+    return [float(n.replace(",", "")) for n in found]
 
 
 def plot(benchmarks_md: Path, out: Path) -> None:
@@ -45,12 +54,18 @@ def plot(benchmarks_md: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_table(benchmarks_md.read_text(encoding="utf-8"), "Metadata creation")
+    page = benchmarks_md.read_text(encoding="utf-8")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8.5), layout="constrained")
+    _plot_creation(top, read_table(page, "Metadata creation"))
+    _plot_checkpoint(bottom, read_table(page, "Checkpoint plugin"))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _plot_creation(ax: Any, rows: list[list[str]]) -> None:
     labels = [row[0].replace("`", "") for row in rows]
     fast = [number(row[1]) for row in rows]
     slow = [number(row[2]) for row in rows]
-
-    fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     y = range(len(rows))
     height = 0.38
     ax.barh([i - height / 2 for i in y], fast, height, label="datarax MetadataManager")
@@ -61,12 +76,36 @@ def plot(benchmarks_md: Path, out: Path) -> None:
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("records per second (log scale, higher is better)")
-    ax.set_title("Metadata creation, as measured in docs/benchmarks.md", fontsize=10)
     ax.set_xlim(right=max(fast) * 8)  # room for the ratio labels
-    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    ax.set_xlabel("records per second (log scale, higher is better)", fontsize=9)
+    ax.set_title("Metadata creation", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _plot_checkpoint(ax: Any, rows: list[list[str]]) -> None:
+    """Bars: the mean of the runs the table reports; ticks on each bar: each run."""
+    item = ""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        item = row[0].replace("`", "") or item  # a blank item cell continues the one above
+        variant = row[1].replace("`", "")
+        groups.setdefault(f"{item}\nsave + wait", {})[variant] = numbers(row[2])
+        groups.setdefault(f"{item}\nrestore", {})[variant] = numbers(row[3])
+    variants = list(next(iter(groups.values())))
+    height = 0.8 / len(variants)
+    for v, variant in enumerate(variants):
+        ys = [g + (v - (len(variants) - 1) / 2) * height for g in range(len(groups))]
+        runs = [group[variant] for group in groups.values()]
+        means = [sum(r) / len(r) for r in runs]
+        label = variant if "Save" not in variant else f"Orbax {variant} / {variant[:-4]}Restore"
+        ax.barh(ys, means, height, label=label)
+        for y, r in zip(ys, runs, strict=True):
+            ax.plot(r, [y] * len(r), "|", color="black", markersize=7)
+    ax.set_yticks(range(len(groups)), list(groups), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("median ms per operation (lower is better; ticks: each run)", fontsize=9)
+    ax.set_title("Checkpoint items inside a CheckpointManager", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def main(argv: list[str] | None = None) -> None:
