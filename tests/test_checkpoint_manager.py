@@ -277,3 +277,20 @@ def test_reused_args_save_the_state_of_each_save(tmp_path):
     fresh = _build("threefry")
     handler.restore(epath.Path(tmp_path / "b"), MetadataManagerRestore(fresh))
     assert manager_state(fresh) == manager_state(manager)
+
+
+def test_importing_the_plugin_leaves_jax_uninitialised():
+    """A multi-process job imports datarax before ``jax.distributed.initialize()``, which
+    must run before the XLA backend starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import datarax.checkpoint\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized(), 'import initialised XLA'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

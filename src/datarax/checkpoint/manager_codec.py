@@ -8,6 +8,7 @@ what is saved is the state at the moment of the call, whatever the manager does 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -19,7 +20,13 @@ from datarax.checkpoint.integrity import process_header
 from datarax.core.metadata import MetadataManager
 
 KIND = "MetadataManager"
-_PLAIN = (dict, np.ndarray, type(jax.numpy.zeros(0)), type(jax.random.key(0)))
+
+
+@functools.cache
+def _plain_types() -> tuple[type, ...]:
+    # Built on first use, not at import: creating an array initialises the XLA backend,
+    # which must wait for jax.distributed.initialize() in a multi-process job.
+    return (dict, np.ndarray, type(jax.numpy.zeros(0)), type(jax.random.key(0)))
 
 
 def _read(variable: Any) -> Any:
@@ -31,7 +38,7 @@ def _read(variable: Any) -> Any:
     other value, goes through ``get_value``.
     """
     raw = variable._raw_value
-    if type(raw) in _PLAIN and "on_get_value" not in variable._var_metadata:
+    if type(raw) in _plain_types() and "on_get_value" not in variable._var_metadata:
         return dict(raw) if type(raw) is dict else raw
     return variable.get_value()
 
