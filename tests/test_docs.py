@@ -105,12 +105,13 @@ def test_benchmark_plot_script_reads_the_page(tmp_path: Path) -> None:
     # The plot is drawn from docs/benchmarks.md's tables; a table it can no longer read is a
     # failure here, not a stale PNG.
     out = tmp_path / "benchmarks.png"
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, str(DOCS / "scripts" / "plot_benchmarks.py"), "--out", str(out)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=PAGE_TIMEOUT_S,
     )
+    assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0
 
 
