@@ -31,14 +31,14 @@ _HINTS = {
 }
 
 
-def _refuse(path: str, value: Any, why: str) -> MetadataCheckpointError:
+def _refuse(path: str, value: Any, why: str, hint: str | None = None) -> MetadataCheckpointError:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return MetadataCheckpointError(
         f"Cannot save {path}: it is {why} ({shown}), which would not come back equal and of "
-        "the same type. source_info may hold None, bool, int, finite float, str, and lists, "
-        "tuples and dicts of them. Nothing was written."
+        f"the same type{'; ' + hint if hint else ''}. source_info may hold None, bool, int, "
+        "finite float, str, and lists, tuples and dicts of them. Nothing was written."
     )
 
 
@@ -67,9 +67,9 @@ def encode_source_info(value: Any, path: str = "source_info") -> Any:
         Traceback (most recent call last):
         ...
         datarax.checkpoint.MetadataCheckpointError: Cannot save source_info['files'][3]: \
-it is a set ({1, 2}), which would not come back equal and of the same type. source_info may \
-hold None, bool, int, finite float, str, and lists, tuples and dicts of them. Nothing was \
-written.
+it is a set ({1, 2}), which would not come back equal and of the same type; use a sorted list \
+or a tuple. source_info may hold None, bool, int, finite float, str, and lists, tuples and \
+dicts of them. Nothing was written.
     """
     return _encode(value, path, set())
 
@@ -99,8 +99,7 @@ def _encode(value: Any, path: str, active: set[int]) -> Any:
         hint = "convert it with int(), float() or .tolist()"
     elif hint is None and isinstance(value, bool | int | float | str | list | tuple | dict):
         hint = f"use a plain {kind.__mro__[1].__name__}"
-    why = f"a {kind.__name__}" + (f"; {hint}" if hint else "")
-    raise _refuse(path, value, why)
+    raise _refuse(path, value, f"a {kind.__name__}", hint)
 
 
 def _encode_dict(value: dict[Any, Any], path: str, active: set[int]) -> Any:
