@@ -47,10 +47,10 @@ def parser() -> argparse.ArgumentParser:
         "--kill-at",
         type=int,
         metavar="STEP",
-        help="the checkpoint step (a multiple of --save-every, below --steps) during whose "
-        "async save the child is killed; the save of the first checkpoint kills it before "
-        "any has committed, so it resumes from scratch (default: the checkpoint step "
-        "nearest to 55%% of the run)",
+        help="kill the child during the async save of checkpoint STEP (a multiple of "
+        "--save-every, below --steps); with STEP = --save-every no checkpoint has committed "
+        "yet and the run resumes from scratch (default: the checkpoint step nearest to 55%% "
+        "of the run)",
     )
     p.add_argument(
         "--directory",
