@@ -188,11 +188,11 @@ class Trainer:
             data=MetadataManagerSave(self.manager),
         )
 
-    def restore(self, manager: ocp.CheckpointManager, step: int) -> None:
+    def restore(self, checkpointer: ocp.CheckpointManager, step: int) -> None:
         """Restores checkpoint ``step`` into this trainer, in place."""
         model_state = nnx.state(self.model)
         optimizer_state = nnx.state(self.optimizer)
-        restored = manager.restore(
+        restored = checkpointer.restore(
             step,
             args=ocp.args.Composite(
                 model=ocp.args.StandardRestore(nnx.to_pure_dict(model_state)),
@@ -233,17 +233,18 @@ def run(
             ``None`` for a run without checkpoints.
         resume: restore the latest checkpoint in ``checkpoints`` first (if there is one).
         on_start: called with the first step to train (0, or the step restored).
-        on_save: called with the step number right after each ``save`` has returned,
-            while its writes are still in flight.
+        on_save: called with the step number right after each ``save`` has returned;
+            the async save's writes are then still in flight.
 
     Yields:
         Each step's log, once it is written.
     """
     trainer = Trainer(config)
-    manager = checkpoint_manager(checkpoints) if checkpoints is not None else None
+    checkpointer = checkpoint_manager(checkpoints) if checkpoints is not None else None
     try:
-        if resume and manager is not None and (latest := manager.latest_step()) is not None:
-            trainer.restore(manager, latest)
+        latest = checkpointer.latest_step() if resume and checkpointer is not None else None
+        if latest is not None:
+            trainer.restore(checkpointer, latest)
         if on_start is not None:
             on_start(trainer.step)
         with log_path.open("w") as log_file:
@@ -252,12 +253,12 @@ def run(
                 log_file.write(log.to_json() + "\n")
                 log_file.flush()  # a SIGKILL loses only what is still in this process
                 yield log
-                if manager is not None and trainer.step % config.save_every == 0:
-                    manager.save(trainer.step, args=trainer.save_args())
+                if checkpointer is not None and trainer.step % config.save_every == 0:
+                    checkpointer.save(trainer.step, args=trainer.save_args())
                     if on_save is not None:
                         on_save(trainer.step)
-        if manager is not None:
-            manager.wait_until_finished()
+        if checkpointer is not None:
+            checkpointer.wait_until_finished()
     finally:
-        if manager is not None:
-            manager.close()
+        if checkpointer is not None:
+            checkpointer.close()
