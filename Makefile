@@ -1,6 +1,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+export NO_MKDOCS_2_WARNING := 1
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint docs bench clean

@@ -24,8 +24,20 @@ def create_metadata(
 ) -> Metadata:
     """Create metadata with optional RNG initialization.
 
-    ``seed`` without ``rng_key`` makes ``rng_key = jax.random.key(seed)``; with an
-    ``rng_key``, ``seed`` is ignored.
+    Args:
+        index: Position of the record in the stream.
+        epoch: Current epoch number.
+        global_step: Global step across all epochs.
+        batch_idx: Optional batch index within the current epoch.
+        shard_id: Optional shard identifier for distributed processing.
+        record_key: Optional record key text, at most 128 UTF-8 bytes.
+        source_info: Optional source-specific metadata (static).
+        rng_key: Optional typed or raw JAX key.
+        seed: Without ``rng_key``, makes ``rng_key = jax.random.key(seed)``; ignored when
+            ``rng_key`` is given.
+
+    Returns:
+        A new Metadata.
 
     Examples:
         >>> from datarax.core.metadata import create_metadata
@@ -52,8 +64,14 @@ def create_metadata(
 def split_rng_tree(metadata: Metadata, num: int = 2) -> dict[str, jax.Array | None]:
     """Split RNG key into named dictionary.
 
-    The keys are named ``a``, ``b``, then ``key_2``, ``key_3``, ...; without an
-    ``rng_key`` the result is ``{'key_0': None, ..., f'key_{num - 1}': None}``.
+    Args:
+        metadata: The metadata whose ``rng_key`` is split.
+        num: How many keys, ``>= 0``.
+
+    Returns:
+        The keys of ``jax.random.split(rng_key, num)`` named ``a``, ``b``, then ``key_2``,
+        ``key_3``, ...; without an ``rng_key``,
+        ``{'key_0': None, ..., f'key_{num - 1}': None}``.
 
     Examples:
         >>> from datarax.core.metadata import create_metadata, split_rng_tree
@@ -73,9 +91,13 @@ def split_rng_tree(metadata: Metadata, num: int = 2) -> dict[str, jax.Array | No
 def batch_metadata(metadata_list: list[Metadata]) -> Metadata:
     """Combine multiple metadata into batch metadata.
 
-    An empty list gives ``Metadata()``. ``epoch`` and ``global_step`` are the maxima;
-    ``batch_idx`` and ``shard_id`` the first non-``None`` values; ``index``, ``rng_key``,
-    the record key and ``source_info`` come from the first element.
+    Args:
+        metadata_list: The metadata of the batch's records.
+
+    Returns:
+        ``Metadata()`` for an empty list. Otherwise ``epoch`` and ``global_step`` are the
+        maxima; ``batch_idx`` and ``shard_id`` the first non-``None`` values; ``index``,
+        ``rng_key``, the record key and ``source_info`` come from the first element.
     """
     if not metadata_list:
         return Metadata()
@@ -106,7 +128,14 @@ def update_metadata_batch(metadata: Metadata, batch_size: int | jax.Array) -> Me
     ``batch_idx += 1`` (``None`` becomes ``1``).
 
     Compiled with ``jax.jit`` (``batch_size`` is traced, so batch sizes share one
-    compilation); the updated counters come back as JAX arrays.
+    compilation).
+
+    Args:
+        metadata: The metadata to update.
+        batch_size: Records in the batch, ``>= 0``.
+
+    Returns:
+        A new Metadata whose updated counters are JAX arrays, as jit results are.
 
     Raises:
         ValueError: A negative ``batch_size``.

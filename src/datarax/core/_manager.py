@@ -48,7 +48,7 @@ class MetadataManager(nnx.Module):
         shard_id: Optional shard identifier for distributed processing.
 
     Attributes:
-        state: ``nnx.Variable`` holding ``{'global_step', 'epoch', 'index', 'batch_idx'}``
+        state (nnx.Variable): Holds ``{'global_step', 'epoch', 'index', 'batch_idx'}``
             (``batch_idx`` is ``0`` when tracking batches, else ``None``).
 
     Examples:

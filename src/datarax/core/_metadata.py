@@ -48,7 +48,7 @@ class Metadata:
             bytes, zero-padded. Set it through ``key=``; read it back with
             :attr:`entry_key`.
         source_info: Optional dictionary of source-specific metadata (static).
-        key: Init-only record key text, at most 128 UTF-8 bytes, stored as
+        key (str | None): Init-only record key text, at most 128 UTF-8 bytes, stored as
             ``_encoded_key``.
 
     Examples:
@@ -115,8 +115,12 @@ class Metadata:
     def replace(self, **fields: Any) -> Metadata:
         """Returns a copy with ``fields`` replaced.
 
-        ``key=`` or ``record_key=`` (text, or ``None`` to drop the key) re-encodes the
-        record key.
+        Args:
+            **fields: New values of dataclass fields; ``key=`` or ``record_key=`` (text,
+                or ``None`` to drop the key) re-encodes the record key.
+
+        Returns:
+            A new Metadata; this one is unchanged.
 
         Raises:
             TypeError: An unknown field, or both ``key`` and ``record_key``.
@@ -138,7 +142,14 @@ class Metadata:
         return dataclasses.replace(self, **fields)
 
     def split_rng(self, num: int = 2) -> list[jax.Array | None]:
-        """Splits ``rng_key`` into ``num`` keys; ``[None] * num`` without a key."""
+        """Splits ``rng_key`` into ``num`` keys.
+
+        Args:
+            num: How many keys, ``>= 0``.
+
+        Returns:
+            ``list(jax.random.split(rng_key, num))``, or ``[None] * num`` without a key.
+        """
         num = check_count("num", num)
         if self.rng_key is None:
             return [None] * num
@@ -166,7 +177,11 @@ class Metadata:
         return self.replace(batch_idx=0 if self.batch_idx is None else self.batch_idx + 1)
 
     def with_shard(self, shard_id: int) -> Metadata:
-        """Returns a copy with ``shard_id`` set."""
+        """Returns a copy with ``shard_id`` set.
+
+        Args:
+            shard_id: The shard identifier.
+        """
         return self.replace(shard_id=shard_id)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,9 +206,14 @@ class Metadata:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metadata:
-        """Builds a Metadata from :meth:`to_dict`'s output (``record_key`` or ``key``).
+        """Builds a Metadata from :meth:`to_dict`'s output.
 
-        ``data`` is not modified.
+        Args:
+            data: Field values, with the record key text under ``record_key`` or ``key``.
+                It is not modified.
+
+        Returns:
+            A new Metadata.
 
         Raises:
             TypeError: ``data`` has both ``record_key`` and ``key``, or an unknown entry.
@@ -215,7 +235,13 @@ class Metadata:
 
         ``other``'s value wins where it is non-zero (``index``, ``epoch``, ``global_step``)
         or non-``None`` (every other field); elsewhere this instance's value is kept.
-        Array counters are merged element by element. ``merge(None)`` returns ``self``.
+        Array counters are merged element by element.
+
+        Args:
+            other: The metadata whose values win, or ``None``.
+
+        Returns:
+            A new Metadata; ``self`` when ``other`` is ``None``.
         """
         if other is None:
             return self

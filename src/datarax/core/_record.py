@@ -87,7 +87,7 @@ class RecordMetadata:
 
     index: int | jax.Array
     record_key: Any
-    rng_key: jax.Array | None = _LazyRngKey()  # type: ignore[assignment]
+    rng_key: jax.Array | None = None
     epoch: int | jax.Array = 0
     global_step: int | jax.Array = 0
     batch_idx: int | jax.Array | None = None
@@ -105,7 +105,14 @@ class RecordMetadata:
             encode_key_bytes(self.record_key)  # raises for keys that cannot be leaves
 
     def split_rng(self, num: int = 2) -> list[jax.Array | None]:
-        """Splits ``rng_key`` into ``num`` keys; ``[None] * num`` without a key."""
+        """Splits ``rng_key`` into ``num`` keys.
+
+        Args:
+            num: How many keys, ``>= 0``.
+
+        Returns:
+            ``list(jax.random.split(rng_key, num))``, or ``[None] * num`` without a key.
+        """
         num = check_count("num", num)
         if self.rng_key is None:
             return [None] * num
@@ -124,6 +131,11 @@ class RecordMetadata:
         state["rng_key"] = self.rng_key
         state.pop("_rng_source", None)
         return state
+
+
+# Installed after the dataclass is built, so that its signature shows the default ``None``;
+# __init__ still stores rng_key through the descriptor.
+RecordMetadata.rng_key = _LazyRngKey()  # type: ignore[assignment]
 
 
 def _key_leaf(record_key: Any, tag: str | None) -> tuple[str | None, Any]:
