@@ -7,7 +7,6 @@ import threading
 import warnings
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -123,8 +122,9 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         write_document(directory / process_file_name(encoded.doc["process_index"]), encoded.doc)
 
     def finalize(self, directory: epath.Path) -> None:
-        """Finishes Orbax's array files and, on the primary process, lists them with their
-        sha256 in ``arrays_manifest.jsonl``. Nothing to do for an item without global arrays.
+        """Finishes Orbax's array files and lists them with their sha256 in
+        ``arrays_manifest.jsonl``. Orbax calls this on its primary process, after every
+        process has committed. Nothing to do for an item without global arrays.
         """
         with self._lock:
             if str(directory) not in self._pending_manifests:
@@ -132,11 +132,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             self._pending_manifests.discard(str(directory))
         directory = epath.Path(directory)
         self._arrays.finalize(directory)
-        if jax.process_index() == 0:
-            files = hash_files(directory, exclude={ARRAYS_MANIFEST})
-            files = {k: v for k, v in files.items() if not _is_process_file(k)}
-            doc = {"format_version": FORMAT_VERSION, "kind": "arrays_manifest", "files": files}
-            write_document(directory / ARRAYS_MANIFEST, doc)
+        # Orbax calls finalize on its primary process only, once every process committed.
+        files = hash_files(directory, exclude={ARRAYS_MANIFEST})
+        files = {k: v for k, v in files.items() if not _is_process_file(k)}
+        doc = {"format_version": FORMAT_VERSION, "kind": "arrays_manifest", "files": files}
+        write_document(directory / ARRAYS_MANIFEST, doc)
 
     def restore(self, directory: epath.Path, args: MetadataRestore | None = None) -> Any:
         """Restores the item: into ``args.target``'s structure and shardings when given,
