@@ -31,6 +31,7 @@ from datarax.checkpoint.arrays import decode_array, encode_array, is_key, wrap_k
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.integrity import process_header
 from datarax.checkpoint.source_info import decode_source_info, encode_source_info
+from datarax.checkpoint.structure import encode_structure, rebuild
 from datarax.core.metadata import Metadata
 
 KIND = "Metadata"
@@ -111,7 +112,7 @@ def encode_item(item: Any) -> EncodedItem:
                 "source_info": encode_source_info(leaf.source_info, f"{where}.source_info"),
             }
         )
-    structure, note = _structure(item, ())
+    structure, note = encode_structure(item)
     doc = {**process_header(KIND), "nodes": nodes, "structure": structure}
     if note is not None:
         doc["structure_note"] = note
@@ -152,36 +153,6 @@ def _encode_field(
     if name == "rng_key":
         return {"key": {"typed": False, "impl": None, "data": out}}
     return {"array": out}
-
-
-def _structure(node: Any, path: tuple[Any, ...]) -> tuple[Any, str | None]:
-    """The containers of the item as JSON, for a restore without target; ``(None, why)``
-    when a container is not a dict, list, tuple or None."""
-    if isinstance(node, Metadata):
-        return {"metadata": keystr(path)}, None
-    if node is None:
-        return {"none": None}, None
-    kind = type(node)
-    if kind is dict and all(type(k) in (str, int) for k in node):
-        items = []
-        for k, v in node.items():
-            sub, note = _structure(v, (*path, jax.tree_util.DictKey(k)))
-            if note is not None:
-                return None, note
-            items.append([k, sub])
-        return {"dict": items}, None
-    if kind in (list, tuple):
-        items = []
-        for i, v in enumerate(node):
-            sub, note = _structure(v, (*path, jax.tree_util.SequenceKey(i)))
-            if note is not None:
-                return None, note
-            items.append(sub)
-        return {kind.__name__: items}, None
-    return None, (
-        f"item{keystr(path)} is a {kind.__name__}: only dicts (with str or int keys), lists, "
-        "tuples and None are rebuilt without a target"
-    )
 
 
 def global_requests(doc: dict[str, Any], target: Any = _NO_TARGET) -> dict[str, Any]:
@@ -285,22 +256,7 @@ def decode_item(
             "Pass a target shaped like the saved item: MetadataRestore(target)."
         )
     by_path = {node["path"]: m for node, m in zip(doc["nodes"], restored, strict=True)}
-    return _rebuild(doc["structure"], by_path, where)
-
-
-def _rebuild(node: Any, by_path: dict[str, Metadata], where: str) -> Any:
-    ((kind, value),) = node.items()
-    if kind == "metadata":
-        return by_path[value]
-    if kind == "none":
-        return None
-    if kind == "dict":
-        return {k: _rebuild(v, by_path, where) for k, v in value}
-    if kind == "list":
-        return [_rebuild(v, by_path, where) for v in value]
-    if kind == "tuple":
-        return tuple(_rebuild(v, by_path, where) for v in value)
-    raise MetadataCheckpointError(f"{where}: unknown container {kind!r} in the structure.")
+    return rebuild(doc["structure"], by_path, where)
 
 
 def _mismatch(where: str, saved: str, found: Any) -> MetadataCheckpointError:

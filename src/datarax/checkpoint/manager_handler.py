@@ -183,6 +183,18 @@ class MetadataManagerRestore(ocp.args.CheckpointArgs):
 
     Attributes:
         manager: The manager to update.
+
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.checkpoint import MetadataManagerRestore
+        >>> manager = MetadataManager(rngs=nnx.Rngs(metadata=0))  # built like the saved one
+        >>> MetadataManagerRestore(manager).manager is manager
+        True
+        >>> MetadataManagerRestore("not a manager")
+        Traceback (most recent call last):
+        ...
+        TypeError: MetadataManagerRestore expects the MetadataManager to restore into, got str.
     """
 
     manager: MetadataManager

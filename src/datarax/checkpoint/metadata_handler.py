@@ -266,6 +266,16 @@ class MetadataRestore(ocp.args.CheckpointArgs):
             key of the same impl), and array fields come back in the target leaf's
             container and sharding (a ``jax.ShapeDtypeStruct`` with a sharding will do).
             Without it the item is rebuilt from the checkpoint alone.
+
+    Examples:
+        >>> import jax
+        >>> from datarax.core.metadata import Metadata
+        >>> from datarax.checkpoint import MetadataRestore
+        >>> like_saved = {"last": Metadata(index=0, rng_key=jax.random.key(0))}
+        >>> MetadataRestore(like_saved).target["last"].index  # restore into this structure
+        0
+        >>> MetadataRestore().target is None  # rebuild from the checkpoint alone
+        True
     """
 
     target: Any = None

@@ -1,0 +1,68 @@
+"""The containers of a Metadata pytree as JSON, so that it can be rebuilt without a target.
+
+``{"metadata": path}`` stands for a ``Metadata`` (found by its path among the saved nodes),
+``{"dict": [[key, node], ...]}`` for a dict (in insertion order, keys ``str`` or ``int``),
+``{"list": [...]}``, ``{"tuple": [...]}`` and ``{"none": null}`` for the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.tree_util import keystr
+
+from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.core.metadata import Metadata
+
+
+def encode_structure(node: Any, path: tuple[Any, ...] = ()) -> tuple[Any, str | None]:
+    """The containers of the item as JSON, for a restore without target; ``(None, why)``
+    when a container is not a dict, list, tuple or None."""
+    if isinstance(node, Metadata):
+        return {"metadata": keystr(path)}, None
+    if node is None:
+        return {"none": None}, None
+    kind = type(node)
+    if kind is dict and all(type(k) in (str, int) for k in node):
+        items = []
+        for k, v in node.items():
+            sub, note = encode_structure(v, (*path, jax.tree_util.DictKey(k)))
+            if note is not None:
+                return None, note
+            items.append([k, sub])
+        return {"dict": items}, None
+    if kind in (list, tuple):
+        items = []
+        for i, v in enumerate(node):
+            sub, note = encode_structure(v, (*path, jax.tree_util.SequenceKey(i)))
+            if note is not None:
+                return None, note
+            items.append(sub)
+        return {kind.__name__: items}, None
+    return None, (
+        f"item{keystr(path)} is a {kind.__name__}: only dicts (with str or int keys), lists, "
+        "tuples and None are rebuilt without a target"
+    )
+
+
+def rebuild(node: Any, by_path: dict[str, Metadata], where: str) -> Any:
+    """Inverse of :func:`encode_structure`: the containers, each saved Metadata in place.
+
+    Raises:
+        MetadataCheckpointError: ``node`` is not what :func:`encode_structure` produces.
+    """
+    if type(node) is not dict or len(node) != 1:
+        raise MetadataCheckpointError(f"{where}: malformed structure entry {str(node)[:60]!r}.")
+    ((kind, value),) = node.items()
+    if kind == "metadata":
+        return by_path[value]
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: rebuild(v, by_path, where) for k, v in value}
+    if kind == "list":
+        return [rebuild(v, by_path, where) for v in value]
+    if kind == "tuple":
+        return tuple(rebuild(v, by_path, where) for v in value)
+    raise MetadataCheckpointError(f"{where}: unknown container {kind!r} in the structure.")
