@@ -66,9 +66,16 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     """
 
     def __init__(self) -> None:
-        self._arrays = ocp.PyTreeCheckpointHandler()
+        self._arrays_handler: ocp.PyTreeCheckpointHandler | None = None
         self._pending_manifests: set[str] = set()
         self._lock = threading.Lock()
+
+    @property
+    def _arrays(self) -> ocp.PyTreeCheckpointHandler:
+        """Orbax's handler for global arrays, built when an item first has some."""
+        if self._arrays_handler is None:
+            self._arrays_handler = ocp.PyTreeCheckpointHandler()
+        return self._arrays_handler
 
     async def async_save(
         self, directory: epath.Path, args: MetadataSave
@@ -199,7 +206,8 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
     def close(self) -> None:
         """Closes the handler used for global arrays."""
-        self._arrays.close()
+        if self._arrays_handler is not None:
+            self._arrays_handler.close()
 
 
 def _is_process_file(rel: str) -> bool:
