@@ -109,20 +109,20 @@ def _damaged(name: str, what: str) -> MetadataCheckpointError:
     )
 
 
-def _local(path: epath.Path) -> str | None:
+def _local(path: epath.Path | str) -> str | None:
     """``path`` as a local file name, or ``None`` for a remote path (``gs://...``)."""
     name = os.fspath(path)
     return None if "://" in name else name
 
 
-def read_bytes(path: epath.Path) -> bytes:
+def read_bytes(path: epath.Path | str) -> bytes:
     """Reads ``path``, reporting a missing or unreadable file as a checkpoint error."""
     local = _local(path)
     try:
         if local is not None:  # epath's own read costs three times a plain open()
             with open(local, "rb") as f:
                 return f.read()
-        return path.read_bytes()
+        return epath.Path(path).read_bytes()
     except FileNotFoundError as e:
         raise MetadataCheckpointError(
             f"{path}: missing. The checkpoint item is incomplete; restore an earlier step."
@@ -131,7 +131,7 @@ def read_bytes(path: epath.Path) -> bytes:
         raise MetadataCheckpointError(f"{path}: cannot be read ({e}).") from e
 
 
-def read_document(path: epath.Path) -> dict[str, Any]:
+def read_document(path: epath.Path | str) -> dict[str, Any]:
     """Reads and verifies one document file."""
     return loads_document(read_bytes(path), str(path))
 
@@ -157,7 +157,9 @@ def process_header(kind: str) -> dict[str, Any]:
     }
 
 
-def read_process_document(directory: epath.Path, kind: str, restore_with: str) -> dict[str, Any]:
+def read_process_document(
+    directory: epath.Path, kind: str, restore_with: str
+) -> tuple[dict[str, Any], str]:
     """Reads this process's document of an item and checks that it is of ``kind`` and was
     saved by as many processes as this job runs.
 
@@ -166,17 +168,21 @@ def read_process_document(directory: epath.Path, kind: str, restore_with: str) -
         kind: The ``kind`` the document must have.
         restore_with: What restores a document of ``kind``, for error messages.
 
+    Returns:
+        The document, and the file it was read from (for error messages).
+
     Raises:
         MetadataCheckpointError: The document is missing, damaged, of another kind, or saved
             by a different number of processes.
     """
-    directory = epath.Path(directory)
     index, count = jax.process_index(), jax.process_count()
-    path = directory / process_file_name(index)
+    # A plain string join: this runs on every restore, and epath's costs more than the read.
+    path = os.path.join(os.fspath(directory), process_file_name(index))
     try:
         doc = read_document(path)
     except MetadataCheckpointError:
-        if path.exists():
+        directory = epath.Path(directory)
+        if (directory / process_file_name(index)).exists():
             raise
         saved = sorted(p.name for p in directory.glob("process_*.jsonl"))
         if saved:
@@ -203,7 +209,7 @@ def read_process_document(directory: epath.Path, kind: str, restore_with: str) -
         )
     if doc.get("process_index") != index:
         raise _damaged(str(path), f"it says process {doc.get('process_index')}, not {index}")
-    return doc
+    return doc, path
 
 
 def hash_files(directory: epath.Path, exclude: set[str]) -> dict[str, dict[str, Any]]:

@@ -193,7 +193,7 @@ def _differences(manager: MetadataManager, doc: dict[str, Any]) -> list[str]:
         for name in sorted(set(saved) & set(mine)):
             s, key = saved[name], _read(mine[name].key)
             typed = is_key(key)
-            impl = str(jax.random.key_impl(key)) if typed else None
+            impl = key_host_data(key)[0] if typed else None
             if (s["typed"], s["impl"]) != (typed, impl):
                 kind = f"a typed {impl} key" if typed else "a raw key"
                 was = f"a typed {s['impl']} key" if s["typed"] else "a raw key"

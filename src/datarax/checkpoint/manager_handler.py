@@ -108,8 +108,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
                 (the manager is then left unchanged).
         """
         _expect(args, MetadataManagerRestore, "restore")
-        doc = read_process_document(directory, KIND, "MetadataManagerRestore")
-        where = str(epath.Path(directory) / process_file_name(doc["process_index"]))
+        doc, where = read_process_document(directory, KIND, "MetadataManagerRestore")
         try:
             return restore_manager(args.manager, doc, where)
         except (KeyError, TypeError) as e:
@@ -117,7 +116,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
 
     def metadata(self, directory: epath.Path) -> dict[str, Any]:
         """Describes the saved item: format version, process count, counters, streams."""
-        doc = read_process_document(directory, KIND, "MetadataManagerRestore")
+        doc, _ = read_process_document(directory, KIND, "MetadataManagerRestore")
         return describe_manager(doc)
 
 

@@ -157,8 +157,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         args = MetadataRestore() if args is None else args
         _expect(args, MetadataRestore, "restore")
         directory = epath.Path(directory)
-        doc = read_process_document(directory, KIND, "MetadataRestore")
-        where = str(directory / process_file_name(doc["process_index"]))
+        doc, where = read_process_document(directory, KIND, "MetadataRestore")
         target = _NO_TARGET if args.target is None else args.target
         try:
             requests = global_requests(doc, target)
@@ -202,7 +201,8 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     def metadata(self, directory: epath.Path) -> dict[str, Any]:
         """Describes the saved item: format version, process count, and per Metadata node
         how each field is held."""
-        return describe_item(read_process_document(directory, KIND, "MetadataRestore"))
+        doc, _ = read_process_document(directory, KIND, "MetadataRestore")
+        return describe_item(doc)
 
     def close(self) -> None:
         """Closes the handler used for global arrays."""
