@@ -66,9 +66,17 @@ def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
     )
 
 
-def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
-    where = f"manager.rngs[{name!r}]"
-    key = _read(stream.key)
+# A stream's key rarely changes between saves, so its part of the document is kept by key
+# identity (the key is kept alive with its entry, so its id cannot be reused meanwhile).
+_key_entries: dict[int, tuple[Any, dict[str, Any]]] = {}
+_KEY_ENTRIES = 64
+
+
+def _key_entry(key: Any, where: str) -> dict[str, Any]:
+    """``{"typed", "impl", "key_shape", "key_data"}`` of a stream key."""
+    hit = _key_entries.get(id(key))
+    if hit is not None and hit[0] is key:
+        return hit[1]
     if isinstance(key, jax.core.Tracer):
         raise MetadataCheckpointError(
             f"Cannot save {where}.key: it is a tracer. Save outside JAX transformations."
@@ -83,7 +91,25 @@ def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
             f"Cannot save {where}.key: expected a JAX PRNG key, found "
             f"{getattr(key, 'dtype', type(key).__name__)}."
         )
+    entry = {
+        "typed": typed,
+        "impl": impl,
+        "key_shape": list(np.shape(key)),
+        "key_data": data.ravel().tolist(),
+    }
+    if typed:  # a raw key may be a mutable NumPy array: never cached
+        if len(_key_entries) >= _KEY_ENTRIES:
+            _key_entries.pop(next(iter(_key_entries)))
+        _key_entries[id(key)] = (key, entry)
+    return entry
+
+
+def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
+    where = f"manager.rngs[{name!r}]"
+    entry = _key_entry(_read(stream.key), where)
     count = _read(stream.count)
+    if type(count) is np.ndarray and count.shape == () and count.dtype == _U32:
+        return {**entry, "count_shape": [], "count": [int(count)]}  # the manager's own form
     if isinstance(count, jax.core.Tracer) or not (
         isinstance(count, np.ndarray | jax.Array | np.integer | int)
         and np.issubdtype(np.asarray(count).dtype, np.integer)
@@ -92,14 +118,7 @@ def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
             f"Cannot save {where}.count: expected a uint32 count, found {count!r}."
         )
     count = np.asarray(count)
-    return {
-        "typed": typed,
-        "impl": impl,
-        "key_shape": list(np.shape(key)),
-        "key_data": data.ravel().tolist(),
-        "count_shape": list(count.shape),
-        "count": count.ravel().tolist(),
-    }
+    return {**entry, "count_shape": list(count.shape), "count": count.ravel().tolist()}
 
 
 def snapshot_manager(manager: MetadataManager) -> dict[str, Any]:
