@@ -47,6 +47,24 @@ _STATE_KEYS = ("global_step", "epoch", "index", "batch_idx")
 _U32 = np.dtype(np.uint32)
 
 
+def _write(variable: Any, value: Any) -> None:
+    """``variable.set_value(value)``, without its cost for the plain values a manager holds.
+
+    Like :func:`_read`, and like the manager's own fast path: a Variable with no
+    ``on_set_value`` hooks whose old and new values are of the plain types (never refs) is
+    updated in place; anything else goes through ``set_value``.
+    """
+    plain = _plain_types()
+    if (
+        type(value) in plain
+        and type(variable._raw_value) in plain
+        and "on_set_value" not in variable._var_metadata
+    ):
+        object.__setattr__(variable, "_raw_value", value)
+    else:
+        variable.set_value(value)
+
+
 def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
     if value is None and optional:
         return None
@@ -276,11 +294,11 @@ def restore_manager(manager: MetadataManager, doc: dict[str, Any], where: str) -
             else:
                 key = jax.numpy.asarray(data)
             updates.append((stream, key, count))
-    manager.state.set_value(new_state)
+    _write(manager.state, new_state)
     if manager.shard_id != doc["shard_id"]:
         manager.shard_id = doc["shard_id"]
     for stream, key, count in updates:
         if key is not None:
-            stream.key.set_value(key)
-        stream.count.set_value(count)
+            _write(stream.key, key)
+        _write(stream.count, count)
     return manager
