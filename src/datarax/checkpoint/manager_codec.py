@@ -97,7 +97,7 @@ def _key_entry(key: Any, where: str) -> dict[str, Any]:
         return hit[1]
     if isinstance(key, jax.core.Tracer):
         raise MetadataCheckpointError(
-            f"Cannot save {where}.key: it is a tracer. Save outside JAX transformations."
+            f"{where}.key is a tracer: save and restore outside JAX transformations."
         )
     if is_key(key):
         impl, data = key_host_data(key)
@@ -106,7 +106,7 @@ def _key_entry(key: Any, where: str) -> dict[str, Any]:
         impl, data, typed = None, np.asarray(key), False
     else:
         raise MetadataCheckpointError(
-            f"Cannot save {where}.key: expected a JAX PRNG key, found "
+            f"{where}.key: expected a JAX PRNG key, found "
             f"{getattr(key, 'dtype', type(key).__name__)}."
         )
     entry = {
@@ -207,38 +207,39 @@ def describe_manager(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _differences(manager: MetadataManager, doc: dict[str, Any]) -> list[str]:
+def _differences(
+    manager: MetadataManager, doc: dict[str, Any], keys: dict[str, dict[str, Any]] | None
+) -> list[str]:
+    """How ``manager`` is built differently from the saved one; ``keys`` holds the
+    :func:`_key_entry` of each of its stream keys."""
     found = []
     if doc["track_batches"] != manager.track_batches:
         found.append(
             f"track_batches: saved {doc['track_batches']}, this manager has {manager.track_batches}"
         )
     saved = doc["rngs"]
-    mine = None if manager.rngs is None else dict(manager.rngs.items())
-    if (saved is None) != (mine is None):
+    if (saved is None) != (keys is None):
         found.append(
             f"rngs: saved {'no rngs' if saved is None else 'streams ' + str(sorted(saved))}, "
-            f"this manager has {'no rngs' if mine is None else 'streams ' + str(sorted(mine))}"
+            f"this manager has {'no rngs' if keys is None else 'streams ' + str(sorted(keys))}"
         )
-    elif saved is not None and mine is not None:
-        if set(saved) != set(mine):
+    elif saved is not None and keys is not None:
+        if set(saved) != set(keys):
             found.append(
-                f"rngs streams: saved {sorted(saved)}, this manager has {sorted(mine)} "
-                f"(missing here: {sorted(set(saved) - set(mine))}, "
-                f"not saved: {sorted(set(mine) - set(saved))})"
+                f"rngs streams: saved {sorted(saved)}, this manager has {sorted(keys)} "
+                f"(missing here: {sorted(set(saved) - set(keys))}, "
+                f"not saved: {sorted(set(keys) - set(saved))})"
             )
-        for name in sorted(set(saved) & set(mine)):
-            s, key = saved[name], _read(mine[name].key)
-            typed = is_key(key)
-            impl = key_host_data(key)[0] if typed else None
-            if (s["typed"], s["impl"]) != (typed, impl):
-                kind = f"a typed {impl} key" if typed else "a raw key"
+        for name in sorted(set(saved) & set(keys)):
+            s, mine = saved[name], keys[name]
+            if (s["typed"], s["impl"]) != (mine["typed"], mine["impl"]):
+                kind = f"a typed {mine['impl']} key" if mine["typed"] else "a raw key"
                 was = f"a typed {s['impl']} key" if s["typed"] else "a raw key"
                 found.append(f"rngs[{name!r}]: saved {was}, this manager has {kind}")
-            elif list(np.shape(key)) != s["key_shape"]:
+            elif mine["key_shape"] != s["key_shape"]:
                 found.append(
                     f"rngs[{name!r}]: saved a key of shape {tuple(s['key_shape'])}, this "
-                    f"manager has shape {np.shape(key)}"
+                    f"manager has shape {tuple(mine['key_shape'])}"
                 )
     return found
 
@@ -258,7 +259,14 @@ def restore_manager(manager: MetadataManager, doc: dict[str, Any], where: str) -
         MetadataCheckpointError: ``manager`` is built differently from the saved manager; the
             message lists every difference. ``manager`` is then left unchanged.
     """
-    differences = _differences(manager, doc)
+    streams = None if manager.rngs is None else dict(manager.rngs.items())
+    keys = None
+    if streams is not None:
+        keys = {
+            name: _key_entry(_read(stream.key), f"manager.rngs[{name!r}]")
+            for name, stream in streams.items()
+        }
+    differences = _differences(manager, doc, keys)
     if differences:
         raise MetadataCheckpointError(
             f"{where}: the manager to restore into is built differently from the saved one: "
@@ -271,28 +279,27 @@ def restore_manager(manager: MetadataManager, doc: dict[str, Any], where: str) -
         if not (type(new_state[k]) is int or (k == "batch_idx" and new_state[k] is None)):
             raise MetadataCheckpointError(f"{where}: state[{k!r}] is {new_state[k]!r}.")
     updates = []
-    if doc["rngs"] is not None:
-        for name, stream in manager.rngs.items():  # type: ignore[union-attr]
+    if doc["rngs"] is not None and streams is not None and keys is not None:
+        for name, stream in streams.items():
             s = doc["rngs"][name]
-            data = np.asarray(s["key_data"], dtype=np.uint32)
             try:
-                data = (
-                    data.reshape(*s["key_shape"], -1)
-                    if s["typed"]
-                    else data.reshape(s["key_shape"])
-                )
-                count = np.asarray(s["count"], dtype=np.uint32).reshape(s["count_shape"])
-            except ValueError as e:
+                if s["count_shape"] == [] and len(s["count"]) == 1:
+                    count = np.array(s["count"][0], dtype=np.uint32)
+                else:
+                    count = np.asarray(s["count"], dtype=np.uint32).reshape(s["count_shape"])
+                if s["typed"] and keys[name]["key_data"] == s["key_data"]:
+                    # The manager was built with the saved key (the usual resume): keeping the
+                    # very object spares a new key's first use and keeps its derived keys.
+                    key = None
+                else:
+                    data = np.asarray(s["key_data"], dtype=np.uint32)
+                    if s["typed"]:
+                        data = data.reshape(*s["key_shape"], -1)
+                        key = wrap_key(data, s["impl"], f"{where}: rngs[{name!r}]")
+                    else:
+                        key = jax.numpy.asarray(data.reshape(s["key_shape"]))
+            except (ValueError, OverflowError) as e:
                 raise MetadataCheckpointError(f"{where}: rngs[{name!r}] is malformed ({e}).") from e
-            current = _read(stream.key)
-            if s["typed"] and np.array_equal(key_host_data(current)[1], data):
-                # The manager was built with the saved key (the usual resume): keeping the
-                # very object spares a new key's first use and keeps its derived keys cached.
-                key = None
-            elif s["typed"]:
-                key = wrap_key(data, s["impl"], f"{where}: rngs[{name!r}]")
-            else:
-                key = jax.numpy.asarray(data)
             updates.append((stream, key, count))
     _write(manager.state, new_state)
     if manager.shard_id != doc["shard_id"]:
