@@ -1,15 +1,9 @@
 """Runs every benchmark: ``python -m benchmarks`` (``make bench``)."""
 
-import importlib
 import sys
 
-for name in ("benchmarks.metadata_bench", "benchmarks.checkpoint_bench"):
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name != name:
-            raise
-        print(f"{name}: not present", file=sys.stderr)
-        continue
-    print(f"== {name}")
+from benchmarks import checkpoint_bench, metadata_bench
+
+for module in (metadata_bench, checkpoint_bench):
+    print(f"== {module.__name__}")
     module.main(sys.argv[1:])
