@@ -22,3 +22,21 @@ class MetadataCheckpointError(Exception):
 
 
 MetadataCheckpointError.__module__ = "datarax.checkpoint"
+
+
+def check_args(handler: str, what: str, args: object, expected: type, example: str) -> None:
+    """Raises a ``TypeError`` unless ``args`` is an ``expected`` instance, saying what to pass.
+
+    Args:
+        handler: The handler's class name.
+        what: The handler method (``save``, ``restore``).
+        args: What the caller passed.
+        expected: The args class the method takes.
+        example: The argument in the example call, e.g. ``manager``.
+    """
+    if not isinstance(args, expected):
+        name = expected.__name__
+        raise TypeError(
+            f"{handler}.{what} expects args={name}(...), got {type(args).__name__}. Pass it "
+            f"as args=, e.g. ocp.args.Composite(data={name}({example}))."
+        )

@@ -147,6 +147,11 @@ def write_document(path: epath.Path, doc: dict[str, Any]) -> None:
         f.write(data)
 
 
+async def write_document_async(path: epath.Path, doc: dict[str, Any]) -> None:
+    """:func:`write_document`, as the coroutine an Orbax commit future runs."""
+    write_document(path, doc)
+
+
 def process_header(kind: str) -> dict[str, Any]:
     """The fields every process document starts with."""
     return {

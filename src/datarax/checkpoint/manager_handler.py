@@ -8,11 +8,12 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
-from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.checkpoint.errors import MetadataCheckpointError, check_args
 from datarax.checkpoint.integrity import (
     process_file_name,
     read_process_document,
     write_document,
+    write_document_async,
 )
 from datarax.checkpoint.manager_codec import (
     KIND,
@@ -83,18 +84,18 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
             TypeError: ``args`` is not a :class:`MetadataManagerSave`.
             MetadataCheckpointError: The state holds a non-concrete value.
         """
-        _expect(args, MetadataManagerSave, "save")
+        check_args("MetadataManagerCheckpointHandler", "save", args, MetadataManagerSave, "manager")
         doc = args.take_snapshot()
         path = epath.Path(directory) / process_file_name(doc["process_index"])
         return [
             ocp.future.CommitFutureAwaitingContractedSignals(
-                _write(path, doc), name="datarax_manager_save"
+                write_document_async(path, doc), name="datarax_manager_save"
             )
         ]
 
     def save(self, directory: epath.Path, args: MetadataManagerSave) -> None:
         """Saves synchronously (what the commit future of :meth:`async_save` does, now)."""
-        _expect(args, MetadataManagerSave, "save")
+        check_args("MetadataManagerCheckpointHandler", "save", args, MetadataManagerSave, "manager")
         doc = args.take_snapshot()
         write_document(epath.Path(directory) / process_file_name(doc["process_index"]), doc)
 
@@ -107,7 +108,9 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
                 by another number of processes, or saved from a manager built differently
                 (the manager is then left unchanged).
         """
-        _expect(args, MetadataManagerRestore, "restore")
+        check_args(
+            "MetadataManagerCheckpointHandler", "restore", args, MetadataManagerRestore, "manager"
+        )
         doc, where = read_process_document(directory, KIND, "MetadataManagerRestore")
         try:
             return restore_manager(args.manager, doc, where)
@@ -118,19 +121,6 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         """Describes the saved item: format version, process count, counters, streams."""
         doc, _ = read_process_document(directory, KIND, "MetadataManagerRestore")
         return describe_manager(doc)
-
-
-async def _write(path: epath.Path, doc: dict[str, Any]) -> None:
-    write_document(path, doc)
-
-
-def _expect(args: Any, cls: type, what: str) -> None:
-    if not isinstance(args, cls):
-        raise TypeError(
-            f"MetadataManagerCheckpointHandler.{what} expects args={cls.__name__}(...), got "
-            f"{type(args).__name__}. Pass it as args=, e.g. ocp.args.Composite(data="
-            f"{cls.__name__}(manager))."
-        )
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_save=True)

@@ -19,7 +19,7 @@ from datarax.checkpoint.codec import (
     encode_item,
     global_requests,
 )
-from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.checkpoint.errors import MetadataCheckpointError, check_args
 from datarax.checkpoint.integrity import (
     FORMAT_VERSION,
     hash_files,
@@ -28,6 +28,7 @@ from datarax.checkpoint.integrity import (
     read_process_document,
     verify_files,
     write_document,
+    write_document_async,
 )
 
 ARRAYS_MANIFEST = "arrays_manifest.jsonl"
@@ -95,7 +96,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             MetadataCheckpointError: The item holds something that cannot be saved exactly;
                 nothing is written.
         """
-        _expect(args, MetadataSave, "save")
+        check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
         encoded = args.take_snapshot()
         directory = epath.Path(directory)
         futures: list[ocp.future.Future] = []
@@ -111,7 +112,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         path = directory / process_file_name(encoded.doc["process_index"])
         futures.append(
             ocp.future.CommitFutureAwaitingContractedSignals(
-                _write(path, encoded.doc), name="datarax_metadata_save"
+                write_document_async(path, encoded.doc), name="datarax_metadata_save"
             )
         )
         return futures
@@ -119,7 +120,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     def save(self, directory: epath.Path, args: MetadataSave) -> None:
         """Saves synchronously. Call :meth:`finalize` afterwards, as Orbax's checkpointers
         do, when the item has global arrays."""
-        _expect(args, MetadataSave, "save")
+        check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
         encoded = args.take_snapshot()
         directory = epath.Path(directory)
         if encoded.global_arrays:
@@ -155,7 +156,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                 by another number of processes, or does not match the target.
         """
         args = MetadataRestore() if args is None else args
-        _expect(args, MetadataRestore, "restore")
+        check_args("MetadataCheckpointHandler", "restore", args, MetadataRestore, "...")
         directory = epath.Path(directory)
         doc, where = read_process_document(directory, KIND, "MetadataRestore")
         target = _NO_TARGET if args.target is None else args.target
@@ -212,19 +213,6 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
 def _is_process_file(rel: str) -> bool:
     return "/" not in rel and rel.startswith("process_") and rel.endswith(".jsonl")
-
-
-async def _write(path: epath.Path, doc: dict[str, Any]) -> None:
-    write_document(path, doc)
-
-
-def _expect(args: Any, cls: type, what: str) -> None:
-    if not isinstance(args, cls):
-        raise TypeError(
-            f"MetadataCheckpointHandler.{what} expects args={cls.__name__}(...), got "
-            f"{type(args).__name__}. Pass it as args=, e.g. ocp.args.Composite(meta="
-            f"{cls.__name__}(...))."
-        )
 
 
 @ocp.args.register_with_handler(MetadataCheckpointHandler, for_save=True)

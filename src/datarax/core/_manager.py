@@ -160,7 +160,7 @@ class MetadataManager(nnx.Module):
         return record
 
     def _create_generic(
-        self, record_key: Any, source_info: dict[str, Any] | None
+        self, record_key: Any, source_info: dict[str, Any] | None = None
     ) -> RecordMetadata:
         """The straightforward path, for counters that are arrays or tracers (inside
         ``nnx`` transforms) and streams whose key is not a single key."""
