@@ -11,16 +11,14 @@ processes together. Writes ``start STEP``, ``saving STEP`` (then waits to be kil
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import jax
 
 sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: run as a script
-from integration.workers.streams import next_batch, record_log, shard_manager
+from integration.workers.streams import log_step, next_batch, record_log, shard_manager
 
 
 def main() -> int:
@@ -88,20 +86,10 @@ def main() -> int:
             records = next_batch(manager, step, args.batch, args.epoch_steps)
             weights, total = step_fn(weights)
             log = {"step": step, "total": float(total.addressable_data(0)), **record_log(records)}
-            log_file.write(json.dumps(log) + "\n")
-            log_file.flush()
-            if (step + 1) % args.save_every == 0:
-                mngr.save(
-                    step + 1,
-                    args=ocp.args.Composite(
-                        model=ocp.args.StandardSave({"w": weights}),
-                        data=MetadataManagerSave(manager),
-                    ),
-                )
-                if step + 1 == args.announce_save:
-                    print(f"saving {step + 1}", flush=True)
-                    while True:
-                        time.sleep(3600)
+            composite = lambda weights=weights: ocp.args.Composite(  # noqa: E731
+                model=ocp.args.StandardSave({"w": weights}), data=MetadataManagerSave(manager)
+            )
+            log_step(log_file, log, mngr, step + 1, args.save_every, args.announce_save, composite)
     mngr.wait_until_finished()
     mngr.close()
     print("done", flush=True)

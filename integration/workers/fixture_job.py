@@ -10,9 +10,7 @@ time and saving the manager with today's code every ``--save-every`` steps. Writ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -23,7 +21,7 @@ from datarax.checkpoint import MetadataManagerRestore, MetadataManagerSave
 from datarax.core.metadata import MetadataManager
 
 sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: run as a script
-from integration.workers.streams import fixture_next_record
+from integration.workers.streams import fixture_next_record, log_step
 
 
 def main() -> int:
@@ -50,16 +48,12 @@ def main() -> int:
         with args.log.open("w") as log_file:
             while (step := manager.state.get_value()["global_step"]) < args.until:
                 log = fixture_next_record(manager)
-                log_file.write(json.dumps(log) + "\n")
-                log_file.flush()
-                if (step + 1) % args.save_every == 0:
-                    mngr.save(
-                        step + 1, args=ocp.args.Composite(manager=MetadataManagerSave(manager))
-                    )
-                    if step + 1 == args.announce_save:
-                        print(f"saving {step + 1}", flush=True)
-                        while True:
-                            time.sleep(3600)
+                composite = lambda: ocp.args.Composite(  # noqa: E731
+                    manager=MetadataManagerSave(manager)
+                )
+                log_step(
+                    log_file, log, mngr, step + 1, args.save_every, args.announce_save, composite
+                )
         mngr.wait_until_finished()
     print("done", flush=True)
     return 0

@@ -11,9 +11,7 @@ manager (``MetadataManagerSave``) in one Composite. Writes ``start STEP``, ``sav
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import grain
@@ -22,7 +20,7 @@ import orbax.checkpoint as ocp
 from datarax.checkpoint import MetadataManagerRestore, MetadataManagerSave
 
 sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: run as a script
-from integration.workers.streams import one_record_log, shard_manager
+from integration.workers.streams import log_step, one_record_log, shard_manager
 
 
 def pipeline(size: int, seed: int) -> grain.DatasetIterator:
@@ -68,20 +66,11 @@ def main() -> int:
             element = next(iterator)
             record = manager.create_metadata(record_key=element["id"])
             log = {"step": step, "element": element, **one_record_log(record)}
-            log_file.write(json.dumps(log) + "\n")
-            log_file.flush()
-            if (step + 1) % args.save_every == 0:
-                mngr.save(
-                    step + 1,
-                    args=ocp.args.Composite(
-                        pipeline=grain.checkpoint.CheckpointSave(iterator),
-                        data=MetadataManagerSave(manager),
-                    ),
-                )
-                if step + 1 == args.announce_save:
-                    print(f"saving {step + 1}", flush=True)
-                    while True:
-                        time.sleep(3600)
+            composite = lambda: ocp.args.Composite(  # noqa: E731
+                pipeline=grain.checkpoint.CheckpointSave(iterator),
+                data=MetadataManagerSave(manager),
+            )
+            log_step(log_file, log, mngr, step + 1, args.save_every, args.announce_save, composite)
     mngr.wait_until_finished()
     mngr.close()
     print("done", flush=True)

@@ -9,11 +9,13 @@ plain equality.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from datarax.core.metadata import MetadataManager, RecordMetadata
@@ -103,3 +105,25 @@ def fixture_next_record(manager: MetadataManager) -> dict[str, Any]:
         "batch_idx": record.batch_idx,
         "shard_id": record.shard_id,
     }
+
+
+def log_step(
+    log_file: IO[str],
+    log: dict[str, Any],
+    mngr: ocp.CheckpointManager,
+    step: int,
+    save_every: int,
+    announce_save: int,
+    composite: Any,
+) -> None:
+    """Logs a finished ``step`` and, every ``save_every`` steps, starts the async save of
+    ``composite()``; at ``announce_save`` the worker says so and waits to be killed."""
+    log_file.write(json.dumps(log) + "\n")
+    log_file.flush()
+    if step % save_every:
+        return
+    mngr.save(step, args=composite())
+    if step == announce_save:
+        print(f"saving {step}", flush=True)
+        while True:
+            time.sleep(3600)
