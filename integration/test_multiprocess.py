@@ -1,7 +1,8 @@
 """Several ``jax.distributed`` processes on 127.0.0.1 (CPU, gloo) checkpointed together.
 
 Each process has its own shard's ``MetadataManager``; one ``CheckpointManager`` saves all
-of them with a global array sharded over the processes. All processes are SIGKILLed while
+of them with a global array sharded over the processes and the global batch's ``Metadata``
+(its leaves global arrays, each process's shard its own records). All processes are SIGKILLed while
 an async save is in flight, the job restarts with as many processes, and every process's
 stream continues exactly; restarting with another process count is the clear
 ``MetadataCheckpointError`` naming both counts.
@@ -9,6 +10,7 @@ stream continues exactly; restarting with another process count is the clear
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -76,10 +78,23 @@ def test_each_process_resumes_its_own_stream(processes, free_port, tmp_path, cou
         assert process.wait(timeout=30) == -9
 
     job = start_job(processes, free_port, count, tmp_path, "resumed", "--resume")
-    for process in job:
+    resumed_from = KILL_AT - SAVE_EVERY
+    for i, process in enumerate(job):
         assert process.wait(timeout=150) == 0, process.output
-        assert f"start {KILL_AT - SAVE_EVERY}" in process.lines, process.output
+        assert f"start {resumed_from}" in process.lines, process.output
         assert "done" in process.lines
+        # The global batch's Metadata saved at `resumed_from` holds, in this process's shard
+        # of its global arrays, this process's records of the step before; with the
+        # target's sharding.
+        (line,) = [line for line in process.lines if line.startswith("batch ")]
+        saved = reference(i, count)[resumed_from - 1]
+        assert json.loads(line.removeprefix("batch ")) == {
+            "index": saved["index"],
+            "global_step": saved["global_step"],
+            "rng_key": saved["rng_key"],
+            "shard_id": 0,
+            "sharding": True,
+        }
 
     for i in range(count):
         stream = resumed_logs([tmp_path / f"killed-{i}.jsonl", tmp_path / f"resumed-{i}.jsonl"])
