@@ -9,13 +9,11 @@ import numpy as np
 
 from datarax.core._checks import check_source_info
 from datarax.core._keys import encode_key_bytes
-from datarax.core._keystream import host_count, key_stream
+from datarax.core._keystream import STREAM, reserve_keys
 from datarax.core._record import RecordMetadata
 
 if TYPE_CHECKING:
     from datarax.core._manager import MetadataManager
-
-_U32 = 0xFFFFFFFF
 
 
 _INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
@@ -75,17 +73,16 @@ def create_batch(
 
     rng_key = None
     rngs = manager.rngs
-    stream = None if rngs is None else vars(rngs).get("metadata")
+    stream = None if rngs is None else vars(rngs).get(STREAM)
     if stream is not None:
-        count = host_count(stream)
-        keystream = key_stream(stream.key._raw_value) if count is not None else None
-        if keystream is None:
+        reserved = reserve_keys(stream, n)
+        if reserved is None:
             raise TypeError(
-                "create_batch_metadata needs the 'metadata' stream to hold one concrete key "
+                f"create_batch_metadata needs the {STREAM!r} stream to hold one concrete key "
                 "and count (not a split stream or traced values)."
             )
-        rng_key = keystream.derive_batch(count, n)
-        stream.count.set_value(np.array((count + n) & _U32, dtype=np.uint32))
+        keystream, first = reserved
+        rng_key = keystream.derive_batch(first, n)
     record = RecordMetadata(
         index=np.arange(s["index"], s["index"] + n, dtype=dtype),
         record_key=keys,

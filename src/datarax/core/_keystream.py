@@ -20,6 +20,9 @@ import numpy as np
 
 from datarax.core._checks import is_key_array
 
+STREAM = "metadata"
+"""Name of the ``nnx.Rngs`` stream that record keys are drawn from."""
+
 _FIRST_WINDOW = 8
 _MAX_WINDOW = 1024
 _CACHE_SIZE = 64
@@ -84,16 +87,29 @@ def key_stream(key: Any) -> KeyStream | None:
     return stream
 
 
-def host_count(stream: Any) -> int | None:
-    """An ``nnx.RngStream``'s count as an ``int``; ``None`` where it is not one concrete
-    count (a split stream, a tracer inside a transform, a ``Ref``)."""
+def reserve_keys(stream: Any, n: int) -> tuple[KeyStream, int] | None:
+    """Advances an ``nnx.RngStream``'s count by ``n`` and returns the :class:`KeyStream` of
+    its key with the first count reserved: the keys of counts ``first .. first + n - 1``
+    are what ``n`` calls of the stream would have returned.
+
+    Returns ``None``, touching nothing, where the stream is not one concrete key and count
+    (a split stream, tracers inside a transform, a ``Ref``).
+    """
     count = stream.count._raw_value
-    if type(count) is np.ndarray and count.shape == ():
-        return int(count)
-    if (
-        isinstance(count, jax.Array)
-        and not isinstance(count, jax.core.Tracer)
-        and count.shape == ()
+    if type(count) is not np.ndarray and (
+        not isinstance(count, jax.Array) or isinstance(count, jax.core.Tracer)
     ):
-        return int(count)
-    return None
+        return None
+    if count.shape != ():
+        return None
+    keys = key_stream(stream.key._raw_value)
+    if keys is None:
+        return None
+    first = int(count)
+    # A host NumPy count: advancing it costs no device operation. The write bypasses
+    # Variable.set_value, whose copy and checks would dominate a per-record call; the raw
+    # value is a plain array here (not a Ref, not traced), which is all set_value updates.
+    object.__setattr__(
+        stream.count, "_raw_value", np.array((first + n) & 0xFFFFFFFF, dtype=np.uint32)
+    )
+    return keys, first

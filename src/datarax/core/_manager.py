@@ -10,13 +10,9 @@ from flax import nnx
 from datarax.core._batch import create_batch
 from datarax.core._checks import check_counter, check_source_info
 from datarax.core._keys import encode_key_bytes
-from datarax.core._keystream import host_count, key_stream
+from datarax.core._keystream import STREAM, reserve_keys
 from datarax.core._record import PENDING, RecordMetadata
 
-STREAM = "metadata"
-"""Name of the ``nnx.Rngs`` stream that record keys are drawn from."""
-
-_U32 = 0xFFFFFFFF
 _new = object.__new__
 _set = object.__setattr__
 
@@ -129,13 +125,10 @@ class MetadataManager(nnx.Module):
         if rngs is not None:
             stream = vars(rngs).get(STREAM)
             if stream is not None:
-                count = host_count(stream)
-                keys = key_stream(stream.key._raw_value) if count is not None else None
-                if keys is None:
+                rng_source = reserve_keys(stream, 1)
+                if rng_source is None:
                     return self._create_generic(record_key, source_info)
-                _set(stream.count, "_raw_value", np.array((count + 1) & _U32, dtype=np.uint32))
                 rng_key = PENDING
-                rng_source = (keys, count)
         index = s["index"]
         step = s["global_step"]
         epoch = s["epoch"]
