@@ -13,6 +13,8 @@ Every problem with an item is a :class:`MetadataCheckpointError`. The on-disk fo
 described in ``docs/checkpoint-format.md``.
 """
 
+import orbax.checkpoint as _ocp
+
 from datarax.checkpoint.errors import MetadataCheckpointError as MetadataCheckpointError
 from datarax.checkpoint.manager_handler import (
     MetadataManagerCheckpointHandler as MetadataManagerCheckpointHandler,
@@ -44,4 +46,15 @@ for _obj in (
     MetadataSave,
 ):
     _obj.__module__ = __name__
-del _obj
+# Orbax writes ``handler.typestr()`` (the handler's ``__module__`` and name) into each step's
+# metadata, and a fresh process restoring with no args looks that string up in Orbax's handler
+# registry. The public names set just above are what every checkpoint so far has written, so
+# each handler is registered again, now under its public name (registering its args again is
+# Orbax's public way to do that; the registration made when its module was imported holds the
+# module's own name, which no checkpoint names).
+for _handler, _save in (
+    (MetadataCheckpointHandler, MetadataSave),
+    (MetadataManagerCheckpointHandler, MetadataManagerSave),
+):
+    _ocp.args.register_with_handler(_handler, for_save=True)(_save)
+del _obj, _handler, _save
