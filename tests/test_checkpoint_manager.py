@@ -380,8 +380,36 @@ def test_an_unsaveable_manager_is_refused_when_the_args_are_built(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_manager_made_unsaveable_after_its_args_were_built_fails_at_the_save_call(tmp_path):
+    manager = MetadataManager()
+    args = ocp.args.Composite(data=MetadataManagerSave(manager))
+    manager.state.set_value({**manager.state.get_value(), "epoch": -1})
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        with pytest.raises(MetadataCheckpointError, match=r"changed after its Metadata"):
+            mngr.save(1, args=args)
+        manager.state.set_value({**manager.state.get_value(), "epoch": 0})
+        assert mngr.save(2, args=args)  # the next save goes on as usual
+        mngr.wait_until_finished()
+        assert mngr.all_steps() == [2]
+
+
 # ---------------------------------------------------------------------------------------
 # A restore returns a new manager; the one passed in is a template (issue 8, item 5).
+
+
+def test_the_format_version_1_fixture_restores_with_and_without_a_template():
+    from pathlib import Path
+
+    directory = epath.Path(Path(__file__).parent / "fixtures" / "checkpoint_v1" / "manager")
+    template = MetadataManager(
+        rngs=nnx.Rngs(metadata=jax.random.key(0, impl="rbg"), params=0), track_batches=True
+    )
+    handler = MetadataManagerCheckpointHandler()
+    with_template = handler.restore(directory, MetadataManagerRestore(template))
+    alone = handler.restore(directory, MetadataManagerRestore())
+    assert manager_state(alone) == manager_state(with_template)
+    assert manager_state(alone)["state"]["index"] == (int, 5)
+    assert next_records(alone, 3) == next_records(with_template, 3)
 
 
 def test_restore_returns_a_new_manager_and_leaves_the_template_alone(tmp_path):
@@ -497,17 +525,23 @@ def test_a_fresh_process_restores_every_item_with_no_args(tmp_path):
     }
 
 
-def test_the_handlers_typestrs_are_their_public_names(tmp_path):
+def test_steps_name_the_handlers_by_their_public_names(tmp_path):
     """Every checkpoint written so far names the handlers by their public names in Orbax's
-    step metadata: those names must keep resolving."""
-    from orbax.checkpoint._src.handlers import handler_type_registry
+    step metadata, which a fresh process looks up (see the test above): they must stay."""
+    from datarax.core.metadata import Metadata
 
-    from datarax.checkpoint import MetadataCheckpointHandler
-
-    for handler in (MetadataCheckpointHandler, MetadataManagerCheckpointHandler):
-        name = f"datarax.checkpoint.{handler.__name__}"
-        assert handler.typestr() == name
-        assert handler_type_registry.get_handler_type(name) is handler
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(
+            1,
+            args=ocp.args.Composite(
+                data=MetadataManagerSave(MetadataManager()), batch=MetadataSave(Metadata())
+            ),
+        )
+        mngr.wait_until_finished()
+        assert mngr.metadata(1).item_handlers == {
+            "data": "datarax.checkpoint.MetadataManagerCheckpointHandler",
+            "batch": "datarax.checkpoint.MetadataCheckpointHandler",
+        }
 
 
 # ---------------------------------------------------------------------------------------

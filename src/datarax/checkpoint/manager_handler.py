@@ -91,10 +91,18 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         Raises:
             TypeError: ``args`` is not a :class:`MetadataManagerSave`.
             MetadataCheckpointError: The manager was changed, since the args were built, into
-                something that cannot be saved (see :class:`MetadataManagerSave`).
+                something that cannot be saved (see :class:`MetadataManagerSave`); Orbax may
+                then leave a temporary directory behind, as for any item that fails here.
         """
         check_args("MetadataManagerCheckpointHandler", "save", args, MetadataManagerSave, "manager")
-        doc = encode_manager(read_position(args.manager))
+        try:
+            doc = encode_manager(read_position(args.manager))
+        except MetadataCheckpointError as e:
+            raise MetadataCheckpointError(
+                f"{e} The manager changed after its MetadataManagerSave was built; Orbax may "
+                "leave an unfinished temporary directory for this step, which it removes when "
+                "the step is saved again."
+            ) from None
         path = epath.Path(directory) / process_file_name(doc["process_index"])
         return [
             ocp.future.CommitFutureAwaitingContractedSignals(
