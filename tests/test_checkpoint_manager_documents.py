@@ -1,0 +1,134 @@
+"""A manager document that passes its checksum is still checked field by field: what the
+constructor refuses, a restore refuses, naming the field; nothing is coerced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import pytest
+from checkpoint_oracle import manager_state, next_records
+from etils import epath
+from flax import nnx
+
+from datarax.checkpoint import (
+    MetadataCheckpointError,
+    MetadataManagerCheckpointHandler,
+    MetadataManagerRestore,
+    MetadataManagerSave,
+)
+from datarax.checkpoint.integrity import dumps_document, loads_document
+from datarax.core.metadata import MetadataManager
+
+
+def test_the_format_version_1_fixture_restores_with_and_without_a_template():
+    directory = epath.Path(Path(__file__).parent / "fixtures" / "checkpoint_v1" / "manager")
+    template = MetadataManager(
+        rngs=nnx.Rngs(metadata=jax.random.key(0, impl="rbg"), params=0), track_batches=True
+    )
+    handler = MetadataManagerCheckpointHandler()
+    with_template = handler.restore(directory, MetadataManagerRestore(template))
+    alone = handler.restore(directory, MetadataManagerRestore())
+    assert manager_state(alone) == manager_state(with_template)
+    assert manager_state(alone)["state"]["index"] == (int, 5)
+    assert next_records(alone, 3) == next_records(with_template, 3)
+
+
+def _saved_document(tmp_path) -> tuple[epath.Path, dict]:
+    directory = epath.Path(tmp_path)
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0), track_batches=True, shard_id=1)
+    manager.create_metadata(record_key=0)
+    MetadataManagerCheckpointHandler().save(directory, MetadataManagerSave(manager))
+    path = directory / "process_0.jsonl"
+    return path, loads_document(path.read_bytes(), str(path))
+
+
+def _stream(**changes):
+    return lambda d: {**d, "rngs": {"metadata": {**d["rngs"]["metadata"], **changes}}}
+
+
+def _state(**changes):
+    return lambda d: {**d, "state": {**d["state"], **changes}}
+
+
+CRAFTED = {
+    "negative index": (_state(index=-1), r"state\['index'\]"),
+    "negative epoch": (_state(epoch=-3), r"state\['epoch'\]"),
+    "float step": (_state(global_step=1.0), r"state\['global_step'\]"),
+    "bool index": (_state(index=True), r"state\['index'\]"),
+    "string epoch": (_state(epoch="1"), r"state\['epoch'\]"),
+    "batch_idx null while tracking": (_state(batch_idx=None), r"state\['batch_idx'\]"),
+    "missing counter": (lambda d: {**d, "state": {"index": 1}}, r"state"),
+    "extra counter": (_state(extra=1), r"state"),
+    "shard_id string": (lambda d: {**d, "shard_id": "abc"}, "shard_id"),
+    "shard_id float": (lambda d: {**d, "shard_id": 1.5}, "shard_id"),
+    "shard_id list": (lambda d: {**d, "shard_id": [1, 2]}, "shard_id"),
+    "shard_id negative": (lambda d: {**d, "shard_id": -1}, "shard_id"),
+    "track_batches int": (lambda d: {**d, "track_batches": 1}, "track_batches"),
+    "rngs list": (lambda d: {**d, "rngs": [1]}, "rngs"),
+    "count float": (_stream(count=[1.0]), r"rngs\['metadata'\].count"),
+    "count bool": (_stream(count=[True]), r"rngs\['metadata'\].count"),
+    "count string": (_stream(count=["1"]), r"rngs\['metadata'\].count"),
+    "count negative": (_stream(count=[-1]), r"rngs\['metadata'\].count"),
+    "count over uint32": (_stream(count=[2**32]), r"rngs\['metadata'\].count"),
+    "count shape": (_stream(count_shape=[2]), r"rngs\['metadata'\].count"),
+    "key data float": (_stream(key_data=[0.0, 0]), r"rngs\['metadata'\].key_data"),
+    "key data bool": (_stream(key_data=[False, 0]), r"rngs\['metadata'\].key_data"),
+    "key data string": (_stream(key_data=["0", 0]), r"rngs\['metadata'\].key_data"),
+    "key data over uint32": (_stream(key_data=[2**32, 0]), r"rngs\['metadata'\].key_data"),
+    "key data negative": (_stream(key_data=[-1, 0]), r"rngs\['metadata'\].key_data"),
+    "key data length": (_stream(key_data=[0, 0, 0]), r"rngs\['metadata'\]"),
+    "typed key without impl": (_stream(impl=None), r"rngs\['metadata'\].impl"),
+    "unknown impl": (_stream(impl="philox"), r"rngs\['metadata'\]: cannot rebuild .* 'philox'"),
+    "typed not a bool": (_stream(typed=1), r"rngs\['metadata'\].typed"),
+    "key shape": (_stream(key_shape=[3]), r"rngs\['metadata'\]"),
+    "missing key field": (
+        lambda d: {**d, "rngs": {"metadata": {"typed": True}}},
+        r"rngs\['metadata'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_document_is_refused_naming_the_field(tmp_path, case):
+    change, field = CRAFTED[case]
+    path, doc = _saved_document(tmp_path)
+    path.write_bytes(dumps_document(change(doc)))
+    with pytest.raises(MetadataCheckpointError, match=field) as err:
+        MetadataManagerCheckpointHandler().restore(
+            path.parent,
+            MetadataManagerRestore(MetadataManager(rngs=nnx.Rngs(metadata=0), track_batches=True)),
+        )
+    assert "process_0.jsonl" in str(err.value)
+
+
+def test_batch_idx_without_track_batches_is_refused(tmp_path):
+    directory = epath.Path(tmp_path)
+    MetadataManagerCheckpointHandler().save(directory, MetadataManagerSave(MetadataManager()))
+    path = directory / "process_0.jsonl"
+    doc = loads_document(path.read_bytes(), str(path))
+    path.write_bytes(dumps_document({**doc, "state": {**doc["state"], "batch_idx": 0}}))
+    with pytest.raises(MetadataCheckpointError, match=r"state\['batch_idx'\]"):
+        MetadataManagerCheckpointHandler().restore(
+            directory, MetadataManagerRestore(MetadataManager())
+        )
+
+
+def test_a_raw_key_round_trips_and_a_raw_key_with_an_impl_is_refused(tmp_path):
+    directory = epath.Path(tmp_path)
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
+    manager.rngs.metadata.key.set_value(jax.random.PRNGKey(3))  # nnx.Rngs holds typed keys
+    manager.create_metadata(record_key=0)
+    handler = MetadataManagerCheckpointHandler()
+    handler.save(directory, MetadataManagerSave(manager))
+    template = MetadataManager(rngs=nnx.Rngs(metadata=0))
+    template.rngs.metadata.key.set_value(jax.random.PRNGKey(0))
+    restored = handler.restore(directory, MetadataManagerRestore(template))
+    assert manager_state(restored) == manager_state(manager)
+    assert next_records(restored, 3) == next_records(manager, 3)
+    path = directory / "process_0.jsonl"
+    doc = loads_document(path.read_bytes(), str(path))
+    entry = {**doc["rngs"]["metadata"], "impl": "threefry2x32"}
+    path.write_bytes(dumps_document({**doc, "rngs": {"metadata": entry}}))
+    with pytest.raises(MetadataCheckpointError, match=r"rngs\['metadata'\].impl"):
+        handler.restore(directory, MetadataManagerRestore(template))
