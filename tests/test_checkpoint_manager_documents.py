@@ -10,6 +10,8 @@ import pytest
 from checkpoint_oracle import manager_state, next_records
 from etils import epath
 from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
 
 from datarax.checkpoint import (
     MetadataCheckpointError,
@@ -17,8 +19,12 @@ from datarax.checkpoint import (
     MetadataManagerRestore,
     MetadataManagerSave,
 )
-from datarax.checkpoint.integrity import dumps_document, loads_document
+from datarax.checkpoint.integrity import dumps_document, loads_document, process_header
+from datarax.checkpoint.manager_codec import MANAGER_KIND, decode_manager, encode_manager
+from datarax.core._position import build_manager
 from datarax.core.metadata import MetadataManager
+
+_BODY = ("state", "shard_id", "track_batches", "rngs")
 
 
 def test_the_format_version_1_fixture_restores_with_and_without_a_template():
@@ -82,6 +88,10 @@ CRAFTED = {
     "unknown impl": (_stream(impl="philox"), r"rngs\['metadata'\]: cannot rebuild .* 'philox'"),
     "typed not a bool": (_stream(typed=1), r"rngs\['metadata'\].typed"),
     "key shape": (_stream(key_shape=[3]), r"rngs\['metadata'\]"),
+    "private stream name": (
+        lambda d: {**d, "rngs": {"__class__": d["rngs"]["metadata"]}},
+        "stream name",
+    ),
     "missing key field": (
         lambda d: {**d, "rngs": {"metadata": {"typed": True}}},
         r"rngs\['metadata'\]",
@@ -132,3 +142,63 @@ def test_a_raw_key_round_trips_and_a_raw_key_with_an_impl_is_refused(tmp_path):
     path.write_bytes(dumps_document({**doc, "rngs": {"metadata": entry}}))
     with pytest.raises(MetadataCheckpointError, match=r"rngs\['metadata'\].impl"):
         handler.restore(directory, MetadataManagerRestore(template))
+
+
+# Any JSON value, of the kinds a crafted file can hold.
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=8,
+)  # fmt: skip
+
+
+def _paths(value, prefix=()):
+    """Every path into a JSON value (dict keys and list indices)."""
+    yield prefix
+    if type(value) is dict:
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif type(value) is list:
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+def _replaced(value, path, new):
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if type(value) is dict:
+        return {**value, head: _replaced(value[head], rest, new)}
+    return [_replaced(v, rest, new) if i == head else v for i, v in enumerate(value)]
+
+
+_VALID = {
+    **process_header(MANAGER_KIND),
+    "state": {"global_step": 4, "epoch": 1, "index": 2, "batch_idx": 0},
+    "shard_id": 1,
+    "track_batches": True,
+    "rngs": {
+        "metadata": {"typed": True, "impl": "rbg", "key_shape": [], "key_data": [0, 3, 0, 3],
+                     "count_shape": [], "count": [2]},
+        "raw": {"typed": False, "impl": None, "key_shape": [2], "key_data": [0, 5],
+                "count_shape": [], "count": [0]},
+    },
+}  # fmt: skip
+
+
+@given(data=st.data())
+def test_any_change_to_a_document_restores_exactly_what_it_says_or_is_refused(data):
+    """Past the checksum, a document is either a manager (built from exactly its fields) or
+    a MetadataCheckpointError: never another exception from our own code."""
+    paths = sorted(_paths(_VALID), key=repr)
+    path = data.draw(st.sampled_from([p for p in paths if p and p[0] in _BODY]))
+    doc = _replaced(_VALID, path, data.draw(_json))
+    try:
+        position = decode_manager(doc, "process_0.jsonl")
+    except MetadataCheckpointError as e:
+        assert str(e).startswith("process_0.jsonl: ")
+        return
+    assert encode_manager(position) == doc  # what it says, exactly
+    build_manager(position)

@@ -59,8 +59,16 @@ def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
     return out
 
 
+def _stream_name(name: Any) -> bool:
+    """Whether ``name`` is a stream name a manager is rebuilt with: an identifier, as
+    ``nnx.Rngs(name=...)`` takes it, not private."""
+    return type(name) is str and name.isidentifier() and not name.startswith("_")
+
+
 def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:
     where = f"manager.rngs[{name!r}]"
+    if not _stream_name(name):
+        raise _save_error("a manager.rngs stream name", "an identifier not starting with _", name)
     key = stream.key
     if isinstance(key, jax.core.Tracer):
         raise _save_error(f"{where}.key", "a concrete key (save outside JAX transforms)", key)
@@ -180,8 +188,8 @@ def _uint32s(where: str, field: str, value: Any, size: int) -> list[int]:
 
 def _check_stream(where: str, name: Any, entry: Any) -> dict[str, Any]:
     at = f"rngs[{name!r}]"
-    if type(name) is not str or not name.isidentifier():
-        raise _bad(where, "an rngs stream name", "a Python identifier", name)
+    if not _stream_name(name):
+        raise _bad(where, "an rngs stream name", "an identifier not starting with _", name)
     _fields(where, at, entry, _STREAM_FIELDS)
     typed, impl = entry["typed"], entry["impl"]
     if type(typed) is not bool:
