@@ -1,12 +1,10 @@
 """A manager's :class:`~datarax.core._position.Position` <-> its JSON document, with no I/O.
 
-The document holds the logical position: the counters, ``shard_id``, ``track_batches`` and,
-for every ``nnx.Rngs`` stream, the key (typed or raw, its impl and data) and the count (see
-``docs/checkpoint-format.md``). :func:`encode_manager` refuses what could not come back
-exactly; :func:`decode_manager` refuses, naming the field, whatever a manager's constructor
-would refuse, and coerces nothing. Neither reads nor writes a manager: reading one in one
-instant and building a new one are :func:`~datarax.core._position.read_position` and
-:func:`~datarax.core._position.build_manager`.
+The document holds the counters, ``shard_id``, ``track_batches`` and, for every ``nnx.Rngs``
+stream, the key (typed or raw, impl, data) and the count (``docs/checkpoint-format.md``).
+:func:`encode_manager` refuses what could not come back exactly; :func:`decode_manager`
+refuses, naming the field, what a manager's constructor would refuse, and coerces nothing.
+Managers themselves are read and built by :mod:`datarax.core._position`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ _HEADER_FIELDS = frozenset({"format_version", "kind", "process_index", "process_
 _BODY_FIELDS = frozenset({"state", "shard_id", "track_batches", "rngs"})
 _STREAM_FIELDS = frozenset({"typed", "impl", "key_shape", "key_data", "count_shape", "count"})
 _U32 = np.dtype(np.uint32)
-_U32_END = 2**32
 
 
 def _save_error(where: str, expected: str, value: Any) -> MetadataCheckpointError:
@@ -183,7 +180,7 @@ def _shape(where: str, field: str, value: Any) -> list[int]:
 def _uint32s(where: str, field: str, value: Any, size: int) -> list[int]:
     if type(value) is not list or len(value) != size:
         raise _bad(where, field, f"a list of {size} uint32 values", value)
-    return [_int(where, f"{field}[{i}]", v, _U32_END) for i, v in enumerate(value)]
+    return [_int(where, f"{field}[{i}]", v, 2**32) for i, v in enumerate(value)]
 
 
 def _check_stream(where: str, name: Any, entry: Any) -> dict[str, Any]:
@@ -300,11 +297,26 @@ def decode_manager(doc: dict[str, Any], where: str) -> Position:
     return Position(dict(checked.state), checked.shard_id, checked.track_batches, streams)
 
 
-def describe_manager(doc: dict[str, Any], where: str) -> dict[str, Any]:
-    """What ``handler.metadata(directory)`` returns for a manager item.
+def describe_manager(doc: dict[str, Any], where: str = "the manager document") -> dict[str, Any]:
+    """What ``handler.metadata(directory)`` returns for a manager item: its format version,
+    process count, counters, ``shard_id``, ``track_batches``, and each stream's key kind and
+    count (not its key data).
+
+    Args:
+        doc: A document read from a manager item (its header fields already checked).
+        where: The file ``doc`` was read from, for error messages.
 
     Raises:
         MetadataCheckpointError: As :func:`decode_manager`, for a field that is malformed.
+
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import describe_manager, encode_manager
+        >>> doc = encode_manager(read_position(MetadataManager(rngs=nnx.Rngs(metadata=7))))
+        >>> describe_manager(doc)["streams"]
+        {'metadata': {'typed': True, 'impl': 'threefry2x32', 'key_shape': [], 'count': 0}}
     """
     checked = _check(doc, where)
     streams = None
