@@ -14,6 +14,10 @@ described in ``docs/checkpoint-format.md``.
 """
 
 from datarax.checkpoint.errors import MetadataCheckpointError as MetadataCheckpointError
+from datarax.checkpoint.inspection import CheckpointReport as CheckpointReport
+from datarax.checkpoint.inspection import inspect as inspect
+from datarax.checkpoint.inspection import latest_restorable_step as latest_restorable_step
+from datarax.checkpoint.inspection import verify as verify
 from datarax.checkpoint.manager_handler import (
     MetadataManagerCheckpointHandler as MetadataManagerCheckpointHandler,
 )
@@ -26,6 +30,7 @@ from datarax.checkpoint.metadata_handler import MetadataRestore as MetadataResto
 from datarax.checkpoint.metadata_handler import MetadataSave as MetadataSave
 
 __all__ = [
+    "CheckpointReport",
     "MetadataCheckpointError",
     "MetadataCheckpointHandler",
     "MetadataManagerCheckpointHandler",
@@ -33,6 +38,9 @@ __all__ = [
     "MetadataManagerSave",
     "MetadataRestore",
     "MetadataSave",
+    "inspect",
+    "latest_restorable_step",
+    "verify",
 ]
 
 for _obj in (
