@@ -97,7 +97,8 @@ def _print_report(report: Any, out: TextIO) -> None:
 def _print_item(item: Any, out: TextIO) -> None:
     if not item.datarax:
         state = "ok" if item.ok else "INCOMPLETE"
-        print(f"  {item.name}: Orbax item ({item.handler or 'unknown handler'}), {state}", file=out)
+        handler = (item.handler or "unknown handler").rsplit(".", 1)[-1]
+        print(f"  {item.name}: Orbax item ({handler}), {state}", file=out)
     else:
         print(
             f"  {item.name}: datarax {item.kind} item, format {item.format_version}, "
