@@ -1,18 +1,19 @@
 """``datarax-checkpoint inspect`` and ``verify``, run as subprocesses on real checkpoints.
 
 Every checkpoint here is written by a real ``ocp.CheckpointManager`` holding a model
-(``StandardSave``), a ``MetadataManagerSave`` and a ``MetadataSave`` item; the 2-process one
-by two real ``jax.distributed`` processes on 127.0.0.1. Damage is done to copies, file by
-file, the way a bad disk or an interrupted ``max_to_keep`` deletion leaves them; what the
-command must report is derived from what was saved.
+(``StandardSave``), a ``MetadataManagerSave`` and a ``MetadataSave`` item. Damage is done to
+copies, file by file, the way a bad disk or an interrupted ``max_to_keep`` deletion leaves
+them; what the command must report is derived from what was saved. An item saved by two
+processes: ``test_cli_two_process.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cli_helpers import copy_of, flip_byte, run_cli, run_json, tree_state
 from flax import nnx
 
 from datarax.checkpoint import (
+    MetadataCheckpointError,
     MetadataManagerRestore,
     MetadataManagerSave,
     MetadataRestore,
@@ -35,24 +38,6 @@ from datarax.checkpoint import (
 from datarax.core.metadata import Metadata, MetadataManager
 
 STEPS = (1, 2, 3)
-
-
-def run_cli(*args: Any, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m datarax.checkpoint ARGS`` with this interpreter and PYTHONPATH."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "datarax.checkpoint", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def run_json(*args: Any) -> tuple[int, dict[str, Any]]:
-    result = run_cli(*args, "--json")
-    assert result.stdout, result.stderr
-    return result.returncode, json.loads(result.stdout)
 
 
 def manager_state(manager: MetadataManager) -> dict[str, Any]:
@@ -101,27 +86,6 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dic
             expected[step] = manager_state(manager)
         mngr.wait_until_finished()
     return root, expected
-
-
-def copy_of(root: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "copy"
-    shutil.copytree(root, out)
-    return out
-
-
-def tree_state(root: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``root`` with its mtime (ns) and size: any write changes it."""
-    state = {".": (root.stat().st_mtime_ns, 0)}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        state[str(path.relative_to(root))] = (st.st_mtime_ns, st.st_size)
-    return state
-
-
-def flip_byte(path: Path, offset_from_end: int = 5) -> None:
-    data = bytearray(path.read_bytes())
-    data[-offset_from_end] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def test_verify_intact_root(saved):
@@ -214,6 +178,66 @@ def test_verify_names_a_damaged_file_and_the_newest_good_step(saved, tmp_path, i
     problems = [p for s in report["steps"] for i in s["items"] for p in i["problems"]]
     assert [p["file"] for p in problems] == [str(damaged)]
     assert latest_restorable_step(root) == 2
+
+
+def rewrite_document(path: Path, change: Any) -> None:
+    """Applies ``change`` to a document and writes it back with a matching header: damage
+    that only decoding the document, as a restore does, can find."""
+    header_line, body = path.read_bytes().split(b"\n", 1)
+    doc = json.loads(body)
+    change(doc)
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.loads(header_line)
+    header.update(sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+    path.write_bytes(json.dumps(header, separators=(",", ":")).encode() + b"\n" + body)
+
+
+def _bad_key(doc: dict[str, Any]) -> None:
+    doc["rngs"]["metadata"]["key_data"] = [1, 2, 3]  # a threefry key holds 2 words
+
+
+def _bad_array(doc: dict[str, Any]) -> None:
+    node = next(n for n in doc["nodes"] if n["path"] == "['rows']")
+    node["fields"]["index"]["array"]["shape"] = [5]  # 4 int32 values are saved
+
+
+@pytest.mark.parametrize(
+    ("item", "change", "message"),
+    [
+        ("data", _bad_key, "cannot rebuild a key of impl 'threefry2x32'"),
+        ("batch", _bad_array, "not an encoded array"),
+    ],
+)
+def test_verify_decodes_documents_as_a_restore_does(saved, tmp_path, item, change, message):
+    root = copy_of(saved[0], tmp_path)
+    damaged = root / "2" / item / "process_0.jsonl"
+    rewrite_document(damaged, change)
+    result = run_cli("verify", root, "--quiet", "--step", "2")
+    assert result.returncode == 1
+    assert f"problem: {damaged}: " in result.stdout
+    assert message in result.stdout
+    with pytest.raises(MetadataCheckpointError, match=re.escape(message)):
+        restore_item(root, 2, item)  # what the restore itself says
+
+
+def restore_item(root: Path, step: int, item: str) -> Any:
+    template = MetadataManager(rngs=nnx.Rngs(metadata=7, dropout=11), shard_id=3)
+    args = MetadataManagerRestore(template) if item == "data" else MetadataRestore()
+    with ocp.CheckpointManager(root) as mngr:
+        return mngr.restore(step, args=ocp.args.Composite(**{item: args}))
+
+
+def test_inspect_an_item_or_a_step_directory(saved):
+    root, expected = saved
+    code, report = run_json("inspect", root / "2" / "data", "--keys")
+    assert (code, report["layout"]) == (0, "item")
+    (step,) = report["steps"]
+    assert step["step"] == 2
+    (item,) = step["items"]
+    assert item["processes"] == [{"process_index": 0, **expected[2]}]
+    code, report = run_json("verify", root / "2", "--quiet")
+    assert (code, report["layout"], report["latest_restorable_step"]) == (0, "step", 2)
+    assert run_cli("verify", root / "2", "--step", "2").returncode == 2  # a root's option
 
 
 def rmtree_operations(path: Path) -> list[tuple[str, Path]]:
@@ -327,100 +351,3 @@ def test_progress_goes_to_stderr_unless_quiet(saved):
     quiet = run_cli("verify", root, "--step", "2", "--quiet")
     assert (quiet.returncode, quiet.stderr, quiet.stdout) == (0, "", loud.stdout)
     assert run_cli("verify", root, "--step", "9").returncode == 2
-
-
-# --- two jax.distributed processes -------------------------------------------------------
-
-WORKER = r"""
-import json, sys
-import jax
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
-                           process_id=int(sys.argv[2]), initialization_timeout=60)
-import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from datarax.checkpoint import MetadataManagerSave, MetadataSave
-from datarax.core.metadata import Metadata, MetadataManager
-
-me = jax.process_index()
-sharding = NamedSharding(Mesh(np.array(jax.devices()), ("p",)), PartitionSpec("p"))
-glob = lambda rows: jax.make_array_from_process_local_data(sharding, np.asarray(rows))
-manager = MetadataManager(rngs=nnx.Rngs(metadata=100 + me), shard_id=me, track_batches=True)
-with ocp.CheckpointManager(sys.argv[3]) as mngr:
-    for step in (1, 2):
-        records = manager.create_batch_metadata(np.arange(3) + 10 * step + 1000 * me)
-        manager.next_batch()
-        key_data = jax.random.key_data(records.rng_key)
-        batch = Metadata(index=glob(records.index), rng_key=glob(key_data))
-        mngr.save(step, args=ocp.args.Composite(
-            model=ocp.args.StandardSave({"w": glob(np.arange(2.0) + 2 * me)}),
-            data=MetadataManagerSave(manager), batch=MetadataSave(batch)))
-        state = {"counters": dict(manager.state.get_value()), "shard_id": me,
-                 "count": int(manager.rngs["metadata"].count.get_value()),
-                 "index": np.asarray(records.index).tolist()}
-        print("saved " + json.dumps({"step": step, "process": me, **state}), flush=True)
-    mngr.wait_until_finished()
-"""
-
-
-@pytest.fixture(scope="module")
-def two_process_root(tmp_path_factory) -> tuple[Path, dict[tuple[int, int], dict]]:
-    root = tmp_path_factory.mktemp("two") / "root"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    jobs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, coordinator, str(i), str(root)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    saved = {}
-    for job in jobs:
-        out, err = job.communicate(timeout=180)
-        assert job.returncode == 0, err[-3000:]
-        for line in out.splitlines():
-            if line.startswith("saved "):
-                entry = json.loads(line[len("saved ") :])
-                saved[entry["step"], entry["process"]] = entry
-    return root, saved
-
-
-def test_two_process_item_verifies_from_one_process(two_process_root):
-    root, saved = two_process_root
-    code, report = run_json("verify", root, "--quiet")
-    assert (code, report["latest_restorable_step"]) == (0, 2), report
-    code, report = run_json("inspect", root)
-    assert code == 0
-    for step in report["steps"]:
-        items = {i["name"]: i for i in step["items"]}
-        assert (items["data"]["process_count"], items["batch"]["process_count"]) == (2, 2)
-        for process in items["data"]["processes"]:
-            want = saved[step["step"], process["process_index"]]
-            assert process["counters"] == want["counters"]
-            assert process["shard_id"] == want["shard_id"]
-            assert process["streams"]["metadata"]["count"] == want["count"]
-        for process in items["batch"]["processes"]:
-            index = process["nodes"][0]["fields"]["index"]
-            assert (index["global"], index["shape"]) == (True, [6])
-
-
-def test_damage_in_the_second_process_file_is_found(two_process_root, tmp_path):
-    root = copy_of(two_process_root[0], tmp_path)
-    damaged = root / "2" / "data" / "process_1.jsonl"
-    flip_byte(damaged)
-    result = run_cli("verify", root, "--quiet")
-    assert result.returncode == 1
-    assert f"{damaged}: the document's sha256" in result.stdout
-    assert "newest restorable step: 1" in result.stdout
-    (root / "1" / "batch" / "process_1.jsonl").unlink()
-    result = run_cli("verify", root, "--quiet")
-    assert f"{root / '1' / 'batch' / 'process_1.jsonl'}: missing" in result.stdout
-    assert "newest restorable step: none" in result.stdout
