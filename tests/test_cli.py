@@ -227,6 +227,17 @@ def restore_item(root: Path, step: int, item: str) -> Any:
         return mngr.restore(step, args=ocp.args.Composite(**{item: args}))
 
 
+def test_a_fifo_in_an_item_is_reported_not_opened(saved, tmp_path):
+    root = copy_of(saved[0], tmp_path)
+    fifo = root / "3" / "batch" / "process_0.jsonl"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    result = run_cli("verify", root, "--quiet", timeout=60)
+    assert result.returncode == 1
+    assert f"{fifo}: not a regular file" in result.stdout
+    assert "newest restorable step: 2" in result.stdout
+
+
 def test_inspect_an_item_or_a_step_directory(saved):
     root, expected = saved
     code, report = run_json("inspect", root / "2" / "data", "--keys")

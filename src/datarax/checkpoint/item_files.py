@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from typing import Any
 
 from etils import epath
@@ -52,6 +53,8 @@ def read_header(path: epath.Path) -> dict[str, Any] | None:
         name = os.fspath(path)
         if "://" in name:
             head = epath.Path(path).read_bytes()[:_HEADER_LIMIT]
+        elif not stat.S_ISREG(os.lstat(name).st_mode):
+            return None  # never open a FIFO or a device, nor follow a link out of the item
         else:
             with open(name, "rb") as f:
                 head = f.read(_HEADER_LIMIT)
@@ -84,6 +87,18 @@ def peek_document(directory: epath.Path, process_index: int) -> tuple[dict[str, 
         MetadataCheckpointError: The file is missing, damaged or of a newer format.
     """
     path = os.path.join(os.fspath(directory), process_file_name(process_index))
+    if "://" not in path:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None  # read_document reports it
+        except OSError as e:
+            raise MetadataCheckpointError(f"{path}: cannot be read ({e}).") from e
+        if mode is not None and not stat.S_ISREG(mode):
+            raise MetadataCheckpointError(
+                f"{path}: not a regular file (a link, FIFO or device); a datarax item holds "
+                "only the regular files its handler wrote. The checkpoint item is damaged."
+            )
     return read_document(path), path
 
 

@@ -16,7 +16,9 @@ missing any is reported as not restorable. Nothing here writes.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from typing import Any
 
 from etils import epath
@@ -27,6 +29,24 @@ STEP_METADATA = "_CHECKPOINT_METADATA"
 COMMIT_SUCCESS = "commit_success.txt"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 _STEP_NAME = re.compile(r"^(?:.*_)?(0|[1-9]\d*)$")
+_MAX_JSON_BYTES = 256 * 2**20  # far above any Orbax metadata file; refuses a crafted one
+
+
+def _read_json(path: epath.Path) -> Any:
+    """A JSON file Orbax wrote: only a regular file is opened, and only up to a bound.
+
+    Raises:
+        FileNotFoundError: It is missing.
+        OSError, ValueError: It cannot be read, is no regular file, is too large or is no JSON.
+    """
+    name = os.fspath(path)
+    if "://" not in name:
+        st = os.lstat(name)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a link, FIFO or device)")
+        if st.st_size > _MAX_JSON_BYTES:
+            raise ValueError(f"{st.st_size} bytes, more than Orbax writes")
+    return json.loads(epath.Path(path).read_text())
 
 
 def step_of(name: str) -> int | None:
@@ -54,7 +74,7 @@ def read_step_metadata(step_dir: epath.Path) -> tuple[dict[str, str] | None, lis
     """The items named in the step's ``_CHECKPOINT_METADATA`` with their handlers' names."""
     path = epath.Path(step_dir) / STEP_METADATA
     try:
-        meta = json.loads(path.read_text())
+        meta = _read_json(path)
     except FileNotFoundError:
         return None, [Problem(str(path), _incomplete(path, "missing"))]
     except (OSError, ValueError) as e:
@@ -105,7 +125,7 @@ def check_orbax_item(directory: epath.Path) -> list[Problem]:
             return [Problem(str(meta_path), _incomplete(meta_path, "missing"))]
         return []  # not a PyTree item: nothing more is known of its files
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = _read_json(meta_path)
         tree = meta["tree_metadata"]
         use_ocdbt = bool(meta.get("use_ocdbt"))
     except (OSError, ValueError, KeyError, TypeError) as e:
