@@ -252,7 +252,7 @@ def test_inspect_an_item_or_a_step_directory(saved):
 
 
 def rmtree_operations(path: Path) -> list[tuple[str, Path]]:
-    """What ``shutil.rmtree`` (Orbax's deletion of a local step) does, in its order:
+    """What ``shutil.rmtree`` (Orbax's deletion of a step with one thread) does, in order:
     unlink each file as listed, a directory's contents before the directory."""
     ops = []
     with os.scandir(path) as entries:
@@ -309,8 +309,9 @@ def test_half_deleted_step_is_not_restorable(saved, tmp_path):
 
 
 def test_any_one_missing_file_is_flagged_or_harmless(saved, tmp_path):
-    # rmtree's order is the file system's listing order: whichever file goes first, the
-    # step is reported not restorable, unless Orbax and datarax restore it exactly anyway.
+    # Orbax deletes a local step's files from several threads, in no set order, before it
+    # removes the directories (path/deleter.py, _ParallelDirectoryDeleter): whichever file
+    # goes first, the step is reported not restorable, unless it still restores exactly.
     root, expected = saved
     files = [path for op, path in rmtree_operations(root / "1") if op == "unlink"]
     harmless = []
