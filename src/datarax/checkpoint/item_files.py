@@ -5,6 +5,11 @@ functions here, and each performs the checks a restore performs (the header's fo
 checksum, the document's kind, process index and process count), but for a process index
 and count given by the caller instead of this job's: a single process can then check an item
 that several processes saved. Nothing here writes.
+
+Format version 2 checks each process document against the item's manifest; its reader,
+``read_process_document(directory, kind, restore_with, process_index=, process_count=)``,
+is then what :func:`read_item_document` calls, so that the command checks what a restore
+checks.
 """
 
 from __future__ import annotations
