@@ -279,8 +279,8 @@ def _scan(
         item = _scan_item(path, path.name, None, deep=deep, keys=keys, progress=progress)
         report.steps = [StepReport(parent, str(path.parent), [item])]
     elif layout == "step":
-        report.steps = [_scan_step(path, step_of(path.name), deep=deep, keys=keys,
-                                   progress=progress)]  # fmt: skip
+        number = step_of(path.name)
+        report.steps = [_scan_step(path, number, deep=deep, keys=keys, progress=progress)]
     else:
         steps, report.uncommitted = list_steps(path)
         if step is not None:
@@ -330,6 +330,16 @@ _EXPECTED = (
 
 
 def _scan_step(
+    step_dir: epath.Path, step: int | None, *, deep: bool, keys: bool, progress: Progress | None
+) -> StepReport:
+    try:
+        return _scan_step_files(step_dir, step, deep=deep, keys=keys, progress=progress)
+    except FileNotFoundError as e:  # a live root: max_to_keep deleted it meanwhile
+        message = _not_restorable(f"{step_dir}: files vanished while it was read ({e})")
+        return StepReport(step, str(step_dir), problems=[Problem(str(step_dir), message)])
+
+
+def _scan_step_files(
     step_dir: epath.Path, step: int | None, *, deep: bool, keys: bool, progress: Progress | None
 ) -> StepReport:
     handlers, problems = read_step_metadata(step_dir)
