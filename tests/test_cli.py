@@ -10,12 +10,14 @@ processes: ``test_cli_two_process.py``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +365,25 @@ def test_progress_goes_to_stderr_unless_quiet(saved):
     quiet = run_cli("verify", root, "--step", "2", "--quiet")
     assert (quiet.returncode, quiet.stderr, quiet.stdout) == (0, "", loud.stdout)
     assert run_cli("verify", root, "--step", "9").returncode == 2
+
+
+def test_console_script_entry_point_is_the_cli():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    target = pyproject["project"]["scripts"]["datarax-checkpoint"]
+    module, function = target.split(":")
+    main = getattr(importlib.import_module(module), function)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def test_step_names_with_a_prefix_and_a_fixed_length(tmp_path):
+    options = ocp.CheckpointManagerOptions(step_prefix="step", step_format_fixed_length=4)
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=1))
+    with ocp.CheckpointManager(tmp_path / "root", options=options) as mngr:
+        for step in (0, 10):
+            mngr.save(step, args=ocp.args.Composite(data=MetadataManagerSave(manager)))
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["step_0000", "step_0010"]
+    report = verify(tmp_path / "root")
+    assert ([s.step for s in report.steps], report.latest_restorable_step) == ([0, 10], 10)
+    assert latest_restorable_step(tmp_path / "root") == 10

@@ -28,7 +28,7 @@ from datarax.checkpoint.item_checks import Problem
 STEP_METADATA = "_CHECKPOINT_METADATA"
 COMMIT_SUCCESS = "commit_success.txt"
 TMP_MARKER = ".orbax-checkpoint-tmp"
-_STEP_NAME = re.compile(r"^(?:.*_)?(0|[1-9]\d*)$")
+_STEP_NAME = re.compile(r"^(?:.*_)?(\d+)$")  # 5, step_5, 00005 (step_format_fixed_length)
 _MAX_JSON_BYTES = 256 * 2**20  # far above any Orbax metadata file; refuses a crafted one
 
 
@@ -50,7 +50,14 @@ def _read_json(path: epath.Path) -> Any:
 
 
 def step_of(name: str) -> int | None:
-    """The step a committed step directory's name stands for (``5``, ``step_5``), else None."""
+    """The step a committed step directory's name stands for (``5``, ``step_5``, ``005``),
+    else None.
+
+    Examples:
+        >>> from datarax.checkpoint.orbax_layout import step_of
+        >>> step_of("5"), step_of("step_0012"), step_of("5.orbax-checkpoint-tmp-17"), step_of("x")
+        (5, 12, None, None)
+    """
     match = _STEP_NAME.match(name)
     return None if match is None or TMP_MARKER in name else int(match.group(1))
 
