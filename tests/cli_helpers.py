@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 
-def run_cli(*args: Any, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: Any, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m datarax.checkpoint ARGS`` with this interpreter and PYTHONPATH."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
@@ -21,6 +23,7 @@ def run_cli(*args: Any, timeout: float = 120) -> subprocess.CompletedProcess[str
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

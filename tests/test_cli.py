@@ -333,10 +333,10 @@ def test_any_one_missing_file_is_flagged_or_harmless(saved, tmp_path):
 def test_cli_reports_a_half_deleted_step(saved, tmp_path):
     root = copy_of(saved[0], tmp_path)
     shutil.rmtree(root / "1" / "model")  # rmtree got through the model item, no further
-    result = run_cli("verify", root, "--quiet")
+    result = run_cli("verify", root.name, "--quiet", cwd=root.parent)  # a relative path
     assert result.returncode == 1
     assert "step 1: NOT RESTORABLE" in result.stdout
-    assert f"{root / '1' / 'model'}: missing" in result.stdout
+    assert f"{Path(root.name) / '1' / 'model'}: missing" in result.stdout
     assert "newest restorable step: 3" in result.stdout
     code, report = run_json("verify", root, "--quiet", "--step", "1")
     assert (code, report["latest_restorable_step"]) == (1, None)

@@ -14,7 +14,6 @@ described in ``docs/checkpoint-format.md``.
 """
 
 from datarax.checkpoint.errors import MetadataCheckpointError as MetadataCheckpointError
-from datarax.checkpoint.inspection import CheckpointReport as CheckpointReport
 from datarax.checkpoint.inspection import inspect as inspect
 from datarax.checkpoint.inspection import latest_restorable_step as latest_restorable_step
 from datarax.checkpoint.inspection import verify as verify
@@ -28,6 +27,7 @@ from datarax.checkpoint.metadata_handler import (
 )
 from datarax.checkpoint.metadata_handler import MetadataRestore as MetadataRestore
 from datarax.checkpoint.metadata_handler import MetadataSave as MetadataSave
+from datarax.checkpoint.reports import CheckpointReport as CheckpointReport
 
 __all__ = [
     "CheckpointReport",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import stat
 from typing import Any
@@ -169,13 +170,14 @@ def _check_ocdbt(directory: epath.Path, names: list[str]) -> list[Problem]:
     manifest = directory / "manifest.ocdbt"
     if not manifest.exists():
         return [Problem(str(manifest), _incomplete(manifest, "missing"))]
-    base = directory.as_uri() if "://" not in str(directory) else str(directory)
+    name = os.fspath(directory)
+    base = name if "://" in name else pathlib.Path(os.path.abspath(name)).as_uri()
     try:
         kv = ts.KvStore.open({"driver": "ocdbt", "base": base.rstrip("/") + "/"}).result()
         keys = [k.decode() for k in kv.list().result()]
         for key in keys:
             kv.read(key, byte_range=slice(0, 1)).result()
-    except (ValueError, OSError) as e:  # tensorstore reports a missing file as ValueError
+    except Exception as e:  # tensorstore reports a missing file as ValueError, others alike
         return [Problem(str(directory), _incomplete(directory, f"its OCDBT database: {e}"))]
     stored = {k.split("/", 1)[0] for k in keys}
     return [
