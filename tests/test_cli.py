@@ -356,7 +356,7 @@ def test_not_a_checkpoint_is_a_usage_error(tmp_path):
     assert "no such file or directory" in missing.stderr
     for bad in (["verify"], ["verify", str(tmp_path), "--step", "x"], ["check", str(tmp_path)]):
         with pytest.raises(SystemExit) as exit_info:  # argparse's usage errors, in-process
-            cli.main(bad)
+            cli.run(bad)
         assert exit_info.value.code == 2
 
 
@@ -367,16 +367,16 @@ def test_progress_goes_to_stderr_unless_quiet(saved):
     assert "verify: step 2 (1 of 1)" in loud.stderr
     quiet = run_cli("verify", root, "--step", "2", "--quiet")
     assert (quiet.returncode, quiet.stderr, quiet.stdout) == (0, "", loud.stdout)
-    assert cli.main(["verify", str(root), "--step", "9", "--quiet"]) == 2
+    assert cli.run(["verify", str(root), "--step", "9", "--quiet"]) == 2
 
 
 def test_console_script_entry_point_is_the_cli():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     target = pyproject["project"]["scripts"]["datarax-checkpoint"]
     module, function = target.split(":")
-    main = getattr(importlib.import_module(module), function)
+    assert getattr(importlib.import_module(module), function) is cli.main
     with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
+        cli.run(["--help"])
     assert exit_info.value.code == 0
 
 

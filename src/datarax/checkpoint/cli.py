@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from datarax.checkpoint.inspection import NotACheckpointError, inspect, verify
+
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
@@ -41,36 +43,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command; returns its exit status."""
-    args = build_parser().parse_args(argv)
+    """The console script: :func:`run` on JAX's CPU backend unless ``JAX_PLATFORMS`` says
+    otherwise (checking a checkpoint needs no accelerator: it stays off the training job's).
+    """
     if "JAX_PLATFORMS" not in os.environ:
-        # Checking a checkpoint needs no accelerator: stay off the training job's devices.
         import jax
 
         jax.config.update("jax_platforms", "cpu")
-    from datarax.checkpoint.inspection import NotACheckpointError, inspect, verify
+    return run(argv)
 
-    progress = None
-    if args.command == "verify" and not args.quiet:
-        progress = _stderr_line
+
+def run(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Runs the command in this interpreter; returns its exit status.
+
+    Args:
+        argv: The arguments, e.g. ``["verify", "checkpoints", "--quiet"]``.
+        stdout: Where the report goes (``sys.stdout`` by default).
+        stderr: Where progress and errors go (``sys.stderr`` by default).
+
+    Raises:
+        SystemExit: Bad arguments (status 2), or ``--help`` (status 0), as argparse does.
+    """
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    args = build_parser().parse_args(argv)
+
+    def progress(text: str) -> None:
+        print(text, file=stderr, flush=True)
+
     try:
         if args.command == "inspect":
             report = inspect(args.path, step=args.step, keys=args.keys)
         else:
-            report = verify(args.path, step=args.step, progress=progress)
+            quiet = args.quiet
+            report = verify(args.path, step=args.step, progress=None if quiet else progress)
     except NotACheckpointError as e:
-        print(f"datarax-checkpoint: error: {e}", file=sys.stderr)
+        print(f"datarax-checkpoint: error: {e}", file=stderr)
         return EXIT_USAGE
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2, sort_keys=False)
-        sys.stdout.write("\n")
+        json.dump(report.to_json(), stdout, indent=2)
+        stdout.write("\n")
     else:
-        _print_report(report, sys.stdout)
+        _print_report(report, stdout)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
-
-
-def _stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _print_report(report: Any, out: TextIO) -> None:
