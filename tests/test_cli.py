@@ -390,3 +390,17 @@ def test_step_names_with_a_prefix_and_a_fixed_length(tmp_path):
     report = verify(tmp_path / "root")
     assert ([s.step for s in report.steps], report.latest_restorable_step) == ([0, 10], 10)
     assert latest_restorable_step(tmp_path / "root") == 10
+
+
+def test_verify_reads_the_format_1_fixture_without_writing():
+    # Items saved by the handlers directly (no CheckpointManager step): a directory of items.
+    fixture = Path(__file__).parent / "fixtures" / "checkpoint_v1"
+    before = tree_state(fixture)
+    code, report = run_json("verify", fixture, "--quiet")
+    assert (code, report["layout"], report["ok"]) == (0, "step", True), report
+    (step,) = report["steps"]
+    assert {i["name"]: (i["kind"], i["format_version"]) for i in step["items"]} == {
+        "manager": ("MetadataManager", 1),
+        "metadata": ("Metadata", 1),
+    }
+    assert tree_state(fixture) == before

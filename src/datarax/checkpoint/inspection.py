@@ -200,8 +200,11 @@ def detect_layout(path: epath.Path) -> str:
     steps, temporary = list_steps(path)
     if steps or temporary:
         return "root"
-    if step_of(path.name) is not None and any(p.is_dir() for p in path.iterdir()):
+    children = [p for p in path.iterdir() if p.is_dir()]
+    if step_of(path.name) is not None and children:
         return "step"  # a step that lost its _CHECKPOINT_METADATA
+    if any(is_datarax_item(p) for p in children):
+        return "step"  # items saved by a Checkpointer, or by handlers directly
     raise NotACheckpointError(f"{path}: not a checkpoint; {_EXPECTED}")
 
 
@@ -225,7 +228,7 @@ def _scan_step(
 def _scan_step_files(
     step_dir: epath.Path, step: int | None, *, deep: bool, keys: bool, progress: Progress | None
 ) -> StepReport:
-    handlers, problems = read_step_metadata(step_dir)
+    handlers, problems = read_step_metadata(step_dir, required=step is not None)
     report = StepReport(step, str(step_dir), problems=problems)
     names = set(handlers or {}) | {p.name for p in step_dir.iterdir() if p.is_dir()}
     present = []

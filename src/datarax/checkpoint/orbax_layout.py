@@ -78,13 +78,21 @@ def list_steps(root: epath.Path) -> tuple[dict[int, epath.Path], list[str]]:
     return dict(sorted(steps.items())), sorted(temporary)
 
 
-def read_step_metadata(step_dir: epath.Path) -> tuple[dict[str, str] | None, list[Problem]]:
-    """The items named in the step's ``_CHECKPOINT_METADATA`` with their handlers' names."""
+def read_step_metadata(
+    step_dir: epath.Path, *, required: bool = True
+) -> tuple[dict[str, str] | None, list[Problem]]:
+    """The items named in the step's ``_CHECKPOINT_METADATA`` with their handlers' names.
+
+    Args:
+        step_dir: The step directory.
+        required: Whether a missing file is a problem: it is for a ``CheckpointManager``
+            step, not for a directory of items saved some other way.
+    """
     path = epath.Path(step_dir) / STEP_METADATA
     try:
         meta = _read_json(path)
     except FileNotFoundError:
-        return None, [Problem(str(path), _incomplete(path, "missing"))]
+        return None, [Problem(str(path), _incomplete(path, "missing"))] if required else []
     except (OSError, ValueError) as e:
         return None, [Problem(str(path), _incomplete(path, f"unreadable ({e})"))]
     handlers = meta.get("item_handlers") if type(meta) is dict else None
