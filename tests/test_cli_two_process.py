@@ -109,6 +109,13 @@ def test_damage_in_the_second_process_file_is_found(two_process_root, tmp_path):
     assert result.returncode == 1
     assert f"{damaged}: the document's sha256" in result.stdout
     assert "newest restorable step: 1" in result.stdout
+    first = root / "2" / "batch" / "process_0.jsonl"
+    flip_byte(first)  # the item's kind and process count then come from process 1's file
+    code, report = run_json("verify", root, "--quiet", "--step", "2")
+    items = {i["name"]: i for i in report["steps"][0]["items"]}
+    assert (code, items["batch"]["kind"], items["batch"]["process_count"]) == (1, "Metadata", 2)
+    assert [p["file"] for p in items["batch"]["problems"]] == [str(first)]
+    assert [p["file"] for p in items["data"]["problems"]] == [str(damaged)]
     array_file = sorted((root / "1" / "batch" / "d").iterdir())[0]  # written by Orbax
     flip_byte(array_file, offset_from_end=1)
     result = run_cli("verify", root, "--quiet", "--step", "1")

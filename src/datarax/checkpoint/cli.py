@@ -117,11 +117,13 @@ def _print_item(item: Any, out: TextIO) -> None:
         handler = (item.handler or "unknown handler").rsplit(".", 1)[-1]
         print(f"  {item.name}: Orbax item ({handler}), {state}", file=out)
     else:
-        print(
-            f"  {item.name}: datarax {item.kind} item, format {item.format_version}, "
-            f"{item.process_count} process(es), {'ok' if item.ok else 'DAMAGED'}",
-            file=out,
-        )
+        facts = [f"datarax {item.kind} item" if item.kind else "datarax item"]
+        if item.format_version is not None:
+            facts.append(f"format {item.format_version}")
+        if item.process_count is not None:
+            facts.append(f"{item.process_count} process(es)")
+        facts.append("ok" if item.ok else "DAMAGED")
+        print(f"  {item.name}: {', '.join(facts)}", file=out)
     for process in item.processes:
         _print_process(process, out)
     for problem in item.problems:

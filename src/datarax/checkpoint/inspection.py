@@ -22,7 +22,12 @@ from datarax.checkpoint.item_checks import (
     describe_document,
     read_item,
 )
-from datarax.checkpoint.item_files import is_datarax_item, saved_process_indices
+from datarax.checkpoint.item_files import (
+    MANAGER_KIND,
+    METADATA_KIND,
+    is_datarax_item,
+    saved_process_indices,
+)
 from datarax.checkpoint.orbax_layout import (
     STEP_METADATA,
     check_orbax_item,
@@ -255,6 +260,12 @@ def _not_restorable(message: str) -> str:
     )
 
 
+_HANDLER_KINDS = {
+    "datarax.checkpoint.MetadataManagerCheckpointHandler": MANAGER_KIND,
+    "datarax.checkpoint.MetadataCheckpointHandler": METADATA_KIND,
+}
+
+
 def _scan_item(
     directory: epath.Path,
     name: str,
@@ -277,7 +288,8 @@ def _scan_item(
         # Whatever a file no restore could read raises, it is this item's problem, not a crash.
         message = f"{directory}: cannot be read as a datarax item ({type(e).__name__}: {e})."
         found = ItemCheck(problems=[Problem(str(directory), message)])
-    report.kind, report.format_version = found.kind, found.format_version
+    report.kind = found.kind or _HANDLER_KINDS.get(handler or "")
+    report.format_version = found.format_version
     report.process_count, report.problems = found.process_count, found.problems
     if not deep:
         report.processes = [

@@ -72,13 +72,16 @@ def read_item(directory: epath.Path) -> ItemCheck:
     """Reads every process document of a datarax item, checking each as a restore would
     (checksum, format version, kind, process index and count), without decoding them."""
     result = ItemCheck()
-    indices = saved_process_indices(directory)
-    first = indices[0] if indices else 0
-    try:
-        doc, where = peek_document(directory, first)
-    except MetadataCheckpointError as e:
-        result.problems.append(_error(f"{directory}/process_{first}.jsonl", e))
+    indices = saved_process_indices(directory) or [0]
+    found = _first_readable(directory, indices)
+    if found is None:  # no document reads: each one's own error
+        for index in indices:
+            try:
+                peek_document(directory, index)
+            except MetadataCheckpointError as e:
+                result.problems.append(_error(f"{directory}/process_{index}.jsonl", e))
         return result
+    first, doc, where = found
     result.kind, result.format_version = doc.get("kind"), doc.get("format_version")
     count = doc.get("process_count")
     if result.kind not in (MANAGER_KIND, METADATA_KIND):
@@ -103,6 +106,19 @@ def read_item(directory: epath.Path) -> ItemCheck:
             continue
         result.documents[index] = doc
     return result
+
+
+def _first_readable(
+    directory: epath.Path, indices: list[int]
+) -> tuple[int, dict[str, Any], str] | None:
+    """The first process document that reads, which tells the item's kind and process
+    count even when another is damaged."""
+    for index in indices:
+        try:
+            return (index, *peek_document(directory, index))
+        except MetadataCheckpointError:
+            continue
+    return None
 
 
 def check_item(directory: epath.Path) -> ItemCheck:
