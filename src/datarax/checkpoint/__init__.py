@@ -16,6 +16,9 @@ described in ``docs/checkpoint-format.md``.
 import orbax.checkpoint as _ocp
 
 from datarax.checkpoint.errors import MetadataCheckpointError as MetadataCheckpointError
+from datarax.checkpoint.inspection import inspect as inspect
+from datarax.checkpoint.inspection import latest_restorable_step as latest_restorable_step
+from datarax.checkpoint.inspection import verify as verify
 from datarax.checkpoint.manager_handler import (
     MetadataManagerCheckpointHandler as MetadataManagerCheckpointHandler,
 )
@@ -26,8 +29,10 @@ from datarax.checkpoint.metadata_handler import (
 )
 from datarax.checkpoint.metadata_handler import MetadataRestore as MetadataRestore
 from datarax.checkpoint.metadata_handler import MetadataSave as MetadataSave
+from datarax.checkpoint.reports import CheckpointReport as CheckpointReport
 
 __all__ = [
+    "CheckpointReport",
     "MetadataCheckpointError",
     "MetadataCheckpointHandler",
     "MetadataManagerCheckpointHandler",
@@ -35,6 +40,9 @@ __all__ = [
     "MetadataManagerSave",
     "MetadataRestore",
     "MetadataSave",
+    "inspect",
+    "latest_restorable_step",
+    "verify",
 ]
 
 for _obj in (
