@@ -2,7 +2,7 @@
 
 :func:`check_item` reads each process's document of the item through
 :mod:`datarax.checkpoint.item_files` and decodes it completely, with the code a restore runs:
-a manager document is restored into a manager built from the document's own streams, a
+a manager document is decoded and built into a new manager, a
 ``Metadata`` document is decoded into its pytree, its global arrays restored through the
 handler's Orbax path onto this process's first device. It needs no model, no training code
 and no target. :func:`describe_document` is what ``inspect`` shows of one document.
@@ -14,9 +14,7 @@ import dataclasses
 from typing import Any
 
 import jax
-import numpy as np
 from etils import epath
-from flax import nnx
 
 from datarax.checkpoint.codec import decode_item, global_requests
 from datarax.checkpoint.errors import MetadataCheckpointError
@@ -27,9 +25,9 @@ from datarax.checkpoint.item_files import (
     read_item_document,
     saved_process_indices,
 )
-from datarax.checkpoint.manager_codec import restore_manager
+from datarax.checkpoint.manager_codec import decode_manager
 from datarax.checkpoint.metadata_handler import MetadataCheckpointHandler
-from datarax.core.metadata import MetadataManager
+from datarax.core._position import build_manager
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,31 +135,11 @@ def check_item(directory: epath.Path) -> ItemCheck:
     return result
 
 
-def template_manager(doc: dict[str, Any]) -> MetadataManager:
-    """A manager built like the one that saved ``doc``: same streams (impl, typed or raw,
-    key shape) and ``track_batches``; its counters and keys are placeholders."""
-    streams = doc["rngs"]
-    rngs = None
-    if streams is not None:
-        keys = {}
-        for name, s in streams.items():
-            shape = tuple(s["key_shape"])
-            if s["typed"]:
-                key = jax.random.key(0, impl=s["impl"])
-                keys[name] = jax.random.split(key, shape) if shape else key
-            else:
-                keys[name] = jax.numpy.zeros(shape, np.uint32)
-        rngs = nnx.Rngs(**keys)
-    return MetadataManager(rngs=rngs, track_batches=doc["track_batches"])
-
-
 def _check_manager(doc: dict[str, Any], where: str, problems: list[Problem]) -> None:
     try:
-        restore_manager(template_manager(doc), doc, where)
+        build_manager(decode_manager(doc, where))
     except MetadataCheckpointError as e:
         problems.append(_error(where, e))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        problems.append(Problem(where, f"{where}: malformed manager document ({e!r})."))
 
 
 def _check_metadata(directory: epath.Path, result: ItemCheck) -> None:
