@@ -26,12 +26,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from datarax.checkpoint import (
     MetadataCheckpointError,
@@ -43,16 +40,15 @@ from datarax.checkpoint import (
 from datarax.core.metadata import Metadata
 
 sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: run as a script
-from integration.workers.object_store_stream import initial_state, metadata_log, train_step
+from integration.workers.object_store_stream import (
+    initial_state,
+    metadata_log,
+    shard,
+    train_step,
+)
 from integration.workers.streams import log_step
 
 ITEMS = ("model", "data", "batch", "sharded")
-
-
-def shard(batch: Metadata) -> Metadata:
-    """``batch`` with every array leaf spread over the 8 devices."""
-    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), P("x"))
-    return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding), batch)
 
 
 def save_args(items: list[str], model: Any, manager: Any, batch: Metadata) -> Any:

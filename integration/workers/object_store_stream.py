@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from datarax.core.metadata import Metadata, MetadataManager, RecordMetadata
 from integration.workers.streams import next_batch, record_log, shard_manager
@@ -37,6 +39,12 @@ def batch_metadata(records: RecordMetadata) -> Metadata:
         batch_idx=records.batch_idx,
         rng_key=records.rng_key,
     )
+
+
+def shard(batch: Metadata) -> Metadata:
+    """``batch`` with every array leaf spread over all devices (8 in the workers)."""
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), P("x"))
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding), batch)
 
 
 def metadata_log(batch: Metadata) -> dict[str, Any]:
