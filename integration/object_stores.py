@@ -59,6 +59,21 @@ class Request(NamedTuple):
     query: str
     status: int
 
+    @property
+    def kind(self) -> str:
+        """``upload`` (an object's bytes sent), ``download`` (an object's bytes read) or
+        ``metadata`` (existence checks, listings, deletions, opening an upload)."""
+        if self.path.startswith(("/storage/", "/upload/", "/download/")):  # GCS's JSON API
+            if self.path.startswith("/upload/"):
+                # A resumable upload is two POSTs: one opens a session, one sends the bytes.
+                opens = "uploadType=resumable" in self.query and "upload_id=" not in self.query
+                return "metadata" if opens else "upload"
+            return "download" if "alt=media" in self.query else "metadata"
+        # S3: PUT /bucket/key sends an object, GET /bucket/key reads one, GET /bucket lists.
+        if self.path.count("/") >= 2 and self.method in ("PUT", "GET"):
+            return "upload" if self.method == "PUT" else "download"
+        return "metadata"
+
 
 class Server:
     """A local HTTP server running as a child process in its own process group.
@@ -184,9 +199,9 @@ class Server:
 
 
 def count(requests: list[Request]) -> dict[str, int]:
-    """Requests by method, plus ``"total"``."""
-    by_method = Counter(r.method for r in requests)
-    return {"total": len(requests), **dict(sorted(by_method.items()))}
+    """Requests by :attr:`Request.kind`, plus ``"total"``."""
+    kinds = Counter(r.kind for r in requests)
+    return {"total": len(requests), **{k: kinds[k] for k in ("upload", "download", "metadata")}}
 
 
 class FakeGcs(Server):
