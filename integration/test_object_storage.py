@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +56,17 @@ def committed_steps(server: FakeGcs | MotoS3, bucket: str, run: str) -> list[int
     )
 
 
+def wait_for_object(server: FakeGcs | MotoS3, bucket: str, prefix: str, suffix: str,
+                    timeout: float) -> None:  # fmt: skip
+    """Returns once an object under ``prefix`` ending in ``suffix`` exists, or after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(name.endswith(suffix) for name in server.list_objects(bucket, prefix)):
+            return
+        time.sleep(0.005)
+
+
 def restored_report(lines: list[str]) -> dict[str, Any]:
     (line,) = [line for line in lines if line.startswith("restored ")]
     return json.loads(line.removeprefix("restored "))
@@ -77,6 +89,9 @@ def test_killed_mid_save_resumes_exactly_from_the_bucket(store, gcs, s3, process
     first = processes.worker("object_store_job", *job, "--log", tmp_path / "first.jsonl",
                              "--announce-save", KILL_AT)  # fmt: skip
     first.wait_for_line(f"saving {KILL_AT}", timeout=120)
+    # Kill once the save has written a datarax file of the step (or after 30 s): most often
+    # the step is then half written; the expectations below hold whatever the timing.
+    wait_for_object(server, bucket, f"run/{KILL_AT}/", "/process_0.jsonl", timeout=30)
     first.kill()
     assert first.wait(timeout=30) == -9
     committed = committed_steps(server, bucket, "run")
@@ -91,6 +106,8 @@ def test_killed_mid_save_resumes_exactly_from_the_bucket(store, gcs, s3, process
     assert second.wait(timeout=180) == 0, second.output
     saved = committed[-1]
     assert f"start {saved + 1}" in second.lines, second.output
+    # The resumed run saved its steps again, over the half-written one too.
+    assert committed_steps(server, bucket, "run") == list(range(0, STEPS, SAVE_EVERY))
 
     # What came back is the state of step `saved`, exactly.
     restored = restored_report(second.lines)
