@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from xml.etree import ElementTree
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 """How long a server may take to answer its first request."""
 
 LOG_TIMEOUT_S = 10.0

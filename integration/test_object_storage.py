@@ -207,10 +207,12 @@ def request_counts(gcs, s3, tmp_path_factory) -> dict[str, list[dict[str, Any]]]
     return counts
 
 
-def transfers(records: list[dict[str, Any]], item: str, api: str, op: str) -> int:
-    """The uploads and downloads of the item's own objects in one measurement."""
+def transfers(records: list[dict[str, Any]], item: str, api: str, op: str) -> tuple[int, str]:
+    """The uploads and downloads of the item's own objects in one measurement, and every
+    request of it (for the failure message)."""
     (record,) = [r for r in records if (r["item"], r["api"], r["op"]) == (item, api, op)]
-    return record["item_counts"]["upload"] + record["item_counts"]["download"]
+    counts = record["item_counts"]
+    return counts["upload"] + counts["download"], "\n".join([f"{api} {op}:", *record["requests"]])
 
 
 @pytest.mark.timeout(200)
@@ -222,8 +224,10 @@ def test_items_make_no_more_requests_than_json(request_counts, store, item, op):
     # the same for both. JsonSave holds the item's own process_0.jsonl document. Only the
     # objects sent and read are compared: how many existence checks gcsfs makes varies from
     # run to run with what its listing cache holds (the figures are printed).
-    records = request_counts[store]
-    assert transfers(records, item, "datarax", op) <= transfers(records, item, "json", op)
+    (ours, requests), (json_, json_requests) = (
+        transfers(request_counts[store], item, api, op) for api in ("datarax", "json")
+    )
+    assert ours <= json_, f"{requests}\n{json_requests}"
 
 
 @pytest.mark.timeout(200)
@@ -235,5 +239,7 @@ def test_items_make_no_more_requests_than_json(request_counts, store, item, op):
 @pytest.mark.parametrize("op", ["save", "restore"])
 def test_sharded_item_makes_no_more_requests_than_json_and_standard_save(request_counts, op):
     # The sharded batch beside JsonSave of its document plus StandardSave of its arrays.
-    records = request_counts["gs"]
-    assert transfers(records, "sharded", "datarax", op) <= transfers(records, "sharded", "json", op)
+    (ours, requests), (json_, json_requests) = (
+        transfers(request_counts["gs"], "sharded", api, op) for api in ("datarax", "json")
+    )
+    assert ours <= json_, f"{requests}\n{json_requests}"
