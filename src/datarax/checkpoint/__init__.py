@@ -45,3 +45,4 @@ for _obj in (
 ):
     _obj.__module__ = __name__
 del _obj
+from datarax.checkpoint import v1_registration as _v1_registration  # noqa: E402, F401
