@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -31,6 +32,7 @@ from datarax.checkpoint.v1_registration import v1_typestr
 from datarax.core.metadata import Metadata, MetadataManager
 
 SCRIPT = pathlib.Path(__file__).parent / "orbax_v1_sharded_script.py"
+MULTIPROCESS = pathlib.Path(__file__).parent / "orbax_v1_multiprocess_script.py"
 
 
 def _manager(seed: int = 0) -> MetadataManager:
@@ -256,3 +258,32 @@ def test_sharded_items_through_v1_get_their_manifest_and_detect_damage():
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert result.stdout.strip().endswith("OK"), result.stdout
+
+
+def test_two_processes_save_and_load_with_v1_and_the_manifest_follows_both_commits(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(MULTIPROCESS), f"127.0.0.1:{port}", str(i), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=300))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out + err[-4000:]
+        assert out.strip().endswith("OK"), out
