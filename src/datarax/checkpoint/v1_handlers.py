@@ -37,7 +37,6 @@ from orbax.checkpoint.experimental.v1._src.synchronization import (
     synchronization as _v1_sync,
 )
 
-from datarax.checkpoint import codec, manager_codec
 from datarax.checkpoint.manager_handler import (
     MetadataManagerCheckpointHandler,
     MetadataManagerRestore,
@@ -50,6 +49,10 @@ from datarax.checkpoint.metadata_handler import (
 )
 from datarax.core._position import Position, StreamPosition, build_manager, read_position
 from datarax.core.metadata import Metadata, MetadataManager
+
+METADATA_KIND = "Metadata"
+MANAGER_KIND = "MetadataManager"
+"""The ``kind`` of the two items' documents (datarax's on-disk format)."""
 
 Path = ocp_v1.path.Path
 PathAwaitingCreation = ocp_v1.path.PathAwaitingCreation
@@ -176,7 +179,7 @@ class MetadataHandler(ocp_v1.handlers.CheckpointableHandler[Any, Any]):
     async def load(self, directory: Path, abstract_checkpointable: Any = None) -> Awaitable[Any]:
         """Reads and verifies the item now (so errors reach the caller unwrapped)."""
         target = abstract_checkpointable
-        if target is None or _is_description(target, codec.KIND):
+        if target is None or _is_description(target, METADATA_KIND):
             target = None
         value = await asyncio.to_thread(self._restore, directory, target)
         return _done(value)
@@ -198,7 +201,7 @@ class MetadataHandler(ocp_v1.handlers.CheckpointableHandler[Any, Any]):
     def is_abstract_handleable(self, abstract_checkpointable: Any) -> bool:
         """A pytree of ``Metadata`` (the target), or what :meth:`metadata` returned."""
         return is_metadata_tree(abstract_checkpointable) or _is_description(
-            abstract_checkpointable, codec.KIND
+            abstract_checkpointable, METADATA_KIND
         )
 
 
@@ -241,7 +244,7 @@ class MetadataManagerHandler(ocp_v1.handlers.CheckpointableHandler[MetadataManag
     ) -> Awaitable[MetadataManager]:
         """Reads and verifies the item now; the awaitable returns a new manager."""
         template = abstract_checkpointable
-        if template is None or _is_description(template, manager_codec.KIND):
+        if template is None or _is_description(template, MANAGER_KIND):
             template = None
         value = await asyncio.to_thread(
             restore_new_manager, self._v0, epath.Path(directory), template
@@ -259,8 +262,16 @@ class MetadataManagerHandler(ocp_v1.handlers.CheckpointableHandler[MetadataManag
     def is_abstract_handleable(self, abstract_checkpointable: Any) -> bool:
         """A ``MetadataManager`` (a template), or what :meth:`metadata` returned."""
         return isinstance(abstract_checkpointable, MetadataManager) or _is_description(
-            abstract_checkpointable, manager_codec.KIND
+            abstract_checkpointable, MANAGER_KIND
         )
+
+
+def _restore_builds_a_new_manager() -> bool:
+    try:
+        MetadataManagerRestore()  # type: ignore[call-arg]
+    except TypeError:
+        return False
+    return True
 
 
 def restore_new_manager(
@@ -268,11 +279,13 @@ def restore_new_manager(
 ) -> MetadataManager:
     """A new manager at the position saved in ``directory``; ``template`` is never changed.
 
-    Adapter over today's v0 restore, which writes into a manager built like the saved one:
-    it restores into a twin of ``template``, or into a placeholder built from the saved
-    item's description. Once the v0 restore itself returns a new manager (with or without
-    a template), this becomes ``v0.restore(directory, MetadataManagerRestore(template))``.
+    The v0 restore does it where it returns a new manager (``MetadataManagerRestore()``
+    with or without a template). Older v0 restores write into a manager built like the
+    saved one: the fallback restores into a twin of ``template``, or into a placeholder
+    built from the saved item's description (delete it once every v0 restore builds).
     """
+    if _restore_builds_a_new_manager():
+        return v0.restore(directory, MetadataManagerRestore(template))
     if template is None:
         twin = _placeholder(v0.metadata(directory))
     else:
