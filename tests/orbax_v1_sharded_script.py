@@ -31,9 +31,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from checkpoint_oracle import assert_exact
 
 from datarax.checkpoint import MetadataCheckpointError, MetadataRestore
+from datarax.checkpoint.integrity import FORMAT_VERSION
 from datarax.core.metadata import Metadata
 
 B = 8
+# Written by the handler's finalize: from format version 2 it lists every file of the item.
+MANIFEST = "item_manifest.jsonl" if FORMAT_VERSION >= 2 else "arrays_manifest.jsonl"
 
 
 def main() -> None:
@@ -55,7 +58,7 @@ def main() -> None:
         path = pathlib.Path(tmp) / "1"
         ocp_v1.save_checkpointables(path, {"meta": item})
         names = {p.name for p in (path / "meta").iterdir()}
-        assert {"process_0.jsonl", "arrays_manifest.jsonl"} <= names, names
+        assert {"process_0.jsonl", MANIFEST} <= names, names
         rebuilt = ocp_v1.load_checkpointables(path)["meta"]
         assert_exact(rebuilt, item, check_sharding=True)
         restored = ocp_v1.load_checkpointables(path, {"meta": target})["meta"]

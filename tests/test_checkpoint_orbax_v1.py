@@ -26,11 +26,13 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
-from datarax.checkpoint.integrity import read_document
+from datarax.checkpoint.integrity import FORMAT_VERSION, read_document
 from datarax.checkpoint.v1_handlers import MetadataHandler, MetadataManagerHandler
 from datarax.checkpoint.v1_registration import v1_typestr
 from datarax.core.metadata import Metadata, MetadataManager
 
+# Format version 2 ties an item's files together in a manifest written at the end of the save.
+ITEM_FILES = ["item_manifest.jsonl"] * (FORMAT_VERSION >= 2) + ["process_0.jsonl"]
 SCRIPT = pathlib.Path(__file__).parent / "orbax_v1_sharded_script.py"
 MULTIPROCESS = pathlib.Path(__file__).parent / "orbax_v1_multiprocess_script.py"
 
@@ -73,7 +75,7 @@ def test_v1_save_writes_datarax_documents_and_records_datarax_handlers(tmp_path)
     manager, batch = _advanced_manager(), _batch()
     _save(tmp_path / "1", manager, batch)
     for item, kind in (("data", "MetadataManager"), ("batch", "Metadata")):
-        assert _files(tmp_path / "1" / item) == ["process_0.jsonl"]
+        assert _files(tmp_path / "1" / item) == ITEM_FILES
         doc = read_document(tmp_path / "1" / item / "process_0.jsonl")
         assert (doc["kind"], doc["process_index"], doc["process_count"]) == (kind, 0, 1)
     recorded = json.loads((tmp_path / "1" / "_CHECKPOINT_METADATA").read_text())
@@ -143,6 +145,19 @@ def test_a_damaged_document_in_a_v1_item_is_a_checkpoint_error_naming_it(tmp_pat
     data = path.read_bytes()
     i = len(data) - 10
     path.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
+    with pytest.raises(MetadataCheckpointError, match=r"process_0\.jsonl"):
+        ocp_v1.load_checkpointables(tmp_path / "1")
+
+
+@pytest.mark.skipif(FORMAT_VERSION < 2, reason="format version 1 has no item manifest")
+@pytest.mark.parametrize("item", ["data", "batch"])
+def test_a_document_copied_from_another_v1_save_is_refused(tmp_path, item):
+    _save(tmp_path / "1", _advanced_manager(), _batch())
+    other = _advanced_manager()
+    next_records(other, 1)
+    _save(tmp_path / "2", other, {**_batch(), "last": Metadata(index=8)})
+    copied = tmp_path / "2" / item / "process_0.jsonl"
+    (tmp_path / "1" / item / "process_0.jsonl").write_bytes(copied.read_bytes())
     with pytest.raises(MetadataCheckpointError, match=r"process_0\.jsonl"):
         ocp_v1.load_checkpointables(tmp_path / "1")
 
