@@ -64,6 +64,22 @@ def main(coordinator: str, process_id: int, root: pathlib.Path) -> None:
     local = np.concatenate([np.asarray(s.data) for s in got.addressable_shards])
     np.testing.assert_array_equal(local, rows)
     assert loaded["batch"]["global"].global_step == 7
+
+    # training.Checkpointer runs v1 handlers under Orbax's v0 CheckpointManager: each save
+    # has its own barriers, and the manifest of each step lists both processes' files.
+    with ocp_v1.training.Checkpointer(root / "run") as ckptr:
+        for step in range(3):
+            next_records(manager, 1)
+            ckptr.save_checkpointables(step, {"data": manager, "batch": batch})
+        saved_state = manager_state(manager)
+    with ocp_v1.training.Checkpointer(root / "run") as ckptr:
+        assert ckptr.latest.step == 2, ckptr.latest
+        resumed = ckptr.load_checkpointables()["data"]
+    assert manager_state(resumed) == saved_state
+    if FORMAT_VERSION >= 2:
+        for step in range(3):
+            listed = read_document(root / "run" / str(step) / "data" / manifest_name)
+            assert "process_1.jsonl" in str(listed), listed
     print("OK")
 
 

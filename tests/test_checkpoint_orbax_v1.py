@@ -173,6 +173,18 @@ def test_an_item_that_cannot_be_saved_fails_at_the_save_call_before_writing(tmp_
     gc.collect()  # report Orbax's dropped coroutine here, under this test's filter
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_records_from_a_manager_are_refused_by_name_not_saved_as_arrays(tmp_path):
+    records = {
+        "batch": _manager().create_batch_metadata([0, 1]),
+        "one": _manager().create_metadata(0),
+    }
+    with pytest.raises(MetadataCheckpointError, match=r"item\['batch'\]"):
+        ocp_v1.save_checkpointables(tmp_path / "1", {"records": records})
+    assert list(tmp_path.iterdir()) == []
+    gc.collect()
+
+
 def test_only_pure_metadata_trees_and_managers_go_to_the_datarax_handlers():
     handler = MetadataHandler()
     assert handler.is_handleable(_batch())

@@ -29,9 +29,10 @@ import orbax.checkpoint as ocp
 import orbax.checkpoint.experimental.v1 as ocp_v1
 from etils import epath
 
-# Orbax 0.12.8 exports no accessor for the active v1 Context nor for the id of the save in
-# progress; its own handlers read them from these modules (see the report in the module
-# docstring of datarax.checkpoint.v1_registration).
+# Orbax 0.12.8 exports no accessor for the active v1 Context (which names the primary host
+# and the processes taking part) nor for the id of the save in progress (which makes the
+# barrier names unique and equal on every process). Its own v1 handlers read both from these
+# modules; only _SaveScope uses them.
 from orbax.checkpoint.experimental.v1._src.context import context as _v1_context
 from orbax.checkpoint.experimental.v1._src.synchronization import (
     synchronization as _v1_sync,
@@ -48,7 +49,7 @@ from datarax.checkpoint.metadata_handler import (
     MetadataSave,
 )
 from datarax.core._position import Position, StreamPosition, build_manager, read_position
-from datarax.core.metadata import Metadata, MetadataManager
+from datarax.core.metadata import Metadata, MetadataManager, RecordMetadata
 
 METADATA_KIND = "Metadata"
 MANAGER_KIND = "MetadataManager"
@@ -58,15 +59,17 @@ Path = ocp_v1.path.Path
 PathAwaitingCreation = ocp_v1.path.PathAwaitingCreation
 
 
-def is_metadata_tree(value: Any) -> bool:
-    """Whether ``value`` is a pytree whose leaves are all ``Metadata`` (at least one)."""
-    if isinstance(value, Metadata):
+def is_metadata_tree(value: Any, *, records: bool = False) -> bool:
+    """Whether ``value`` is a pytree whose leaves are all ``Metadata`` (at least one); with
+    ``records``, ``RecordMetadata`` leaves count too."""
+    kinds = (Metadata, RecordMetadata) if records else (Metadata,)
+    if isinstance(value, kinds):
         return True
     try:
-        leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, Metadata))
+        leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, kinds))
     except (TypeError, ValueError):
         return False
-    return bool(leaves) and all(isinstance(leaf, Metadata) for leaf in leaves)
+    return bool(leaves) and all(isinstance(leaf, kinds) for leaf in leaves)
 
 
 def _is_description(value: Any, kind: str) -> bool:
@@ -116,7 +119,10 @@ async def _start_save(
 ) -> Awaitable[None]:
     scope = _SaveScope(directory.path.name)
     futures = await v0.async_save(directory.path, args) or []
-    return _Later(_finish_save, v0, directory, futures, scope)
+    later = _Later(_finish_save, v0, directory, futures, scope)
+    # Read by Orbax's v0 wrapper of v1 handlers (training.Checkpointer) to cancel a save.
+    later.commit_futures = list(futures)
+    return later
 
 
 class _Later:
@@ -126,6 +132,7 @@ class _Later:
 
     def __init__(self, fn: Any, *args: Any) -> None:
         self._fn, self._args = fn, args
+        self.commit_futures: list[ocp.future.Future] = []
 
     def __await__(self) -> Any:
         return self._fn(*self._args).__await__()
@@ -195,8 +202,10 @@ class MetadataHandler(ocp_v1.handlers.CheckpointableHandler[Any, Any]):
         return await asyncio.to_thread(self._v0.metadata, epath.Path(directory))
 
     def is_handleable(self, checkpointable: Any) -> bool:
-        """Whether ``checkpointable`` is a pytree whose leaves are all ``Metadata``."""
-        return is_metadata_tree(checkpointable)
+        """Whether ``checkpointable`` is a pytree whose leaves are all ``Metadata``, or
+        ``RecordMetadata``: those the save refuses, naming the conversion, where Orbax's
+        ``PyTreeHandler`` would save their arrays and drop their ``source_info``."""
+        return is_metadata_tree(checkpointable, records=True)
 
     def is_abstract_handleable(self, abstract_checkpointable: Any) -> bool:
         """A pytree of ``Metadata`` (the target), or what :meth:`metadata` returned."""
