@@ -167,8 +167,8 @@ class MetadataHandler(ocp_v1.handlers.CheckpointableHandler[Any, Any]):
         ...     ocp_v1.save_checkpointables(f"{d}/1", {"batch": batch})
         ...     loaded = ocp_v1.load_checkpointables(f"{d}/1")
         ...     files = sorted(p.name for p in (ocp_v1.path.Path(d) / "1" / "batch").iterdir())
-        >>> loaded["batch"] == batch, files
-        (True, ['process_0.jsonl'])
+        >>> loaded["batch"] == batch, "process_0.jsonl" in files  # datarax's own document
+        (True, True)
     """
 
     def __init__(self) -> None:
