@@ -61,15 +61,32 @@ PathAwaitingCreation = ocp_v1.path.PathAwaitingCreation
 
 def is_metadata_tree(value: Any, *, records: bool = False) -> bool:
     """Whether ``value`` is a pytree whose leaves are all ``Metadata`` (at least one); with
-    ``records``, ``RecordMetadata`` leaves count too."""
+    ``records``, ``RecordMetadata`` leaves count too.
+
+    Orbax asks this of every checkpointable of every save, a model's parameters included,
+    so the walk stops at the first leaf that is not one (dicts, lists and tuples are walked
+    here; other pytree nodes are flattened by JAX).
+    """
     kinds = (Metadata, RecordMetadata) if records else (Metadata,)
-    if isinstance(value, kinds):
-        return True
-    try:
-        leaves = jax.tree.leaves(value, is_leaf=lambda x: isinstance(x, kinds))
-    except (TypeError, ValueError):
-        return False
-    return bool(leaves) and all(isinstance(leaf, kinds) for leaf in leaves)
+    found = False
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, kinds):
+            found = True
+        elif isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+        elif node is not None:  # None is an empty pytree
+            try:
+                leaves = jax.tree.leaves(node, is_leaf=lambda x: isinstance(x, kinds))
+            except (TypeError, ValueError):
+                return False
+            if not all(isinstance(leaf, kinds) for leaf in leaves):
+                return False
+            found = found or bool(leaves)
+    return found
 
 
 def _is_description(value: Any, kind: str) -> bool:
