@@ -66,3 +66,4 @@ for _handler, _save in (
 ):
     _ocp.args.register_with_handler(_handler, for_save=True)(_save)
 del _obj, _handler, _save
+from datarax.checkpoint import v1_registration as _v1_registration  # noqa: E402, F401
