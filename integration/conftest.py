@@ -39,6 +39,7 @@ class Process:
         self.argv = list(argv)
         self.popen = subprocess.Popen(
             self.argv,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -66,6 +67,12 @@ class Process:
         """Everything the process wrote so far."""
         with self._changed:
             return "\n".join(self.lines)
+
+    def send(self, line: str) -> None:
+        """Writes ``line`` and a newline to the process's stdin."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
 
     def wait_for_line(self, line: str, timeout: float) -> None:
         """Waits until the process writes ``line``; fails the test if it exits or
@@ -132,6 +139,9 @@ class Processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.popen.wait(timeout=10)
             process._reader.join(timeout=10)  # EOF once the group is dead
+            if process.popen.stdin is not None:
+                with contextlib.suppress(OSError):  # the pipe's reader is gone
+                    process.popen.stdin.close()
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def main() -> int:
                 data=MetadataManagerRestore(manager),
             ),
         )
-        assert restored["pipeline"] is iterator and restored["data"] is manager
+        iterator, manager = restored["pipeline"], restored["data"]
         start = latest
     print(f"start {start}", flush=True)
 
