@@ -1,28 +1,33 @@
-"""A run that a soak test kills again and again: a loader thread, async saves every step.
+"""Runs that a soak test kills again and again: a loader thread, async saves every step.
 
-A loader thread creates records with ``MetadataManager.create_metadata`` (an
+In each run a loader thread creates records with ``MetadataManager.create_metadata`` (an
 ``nnx.Rngs(metadata=SEED)`` stream) into a small prefetch queue; the main thread takes
 ``--records-per-step`` records per step, logs them (index and rng key data) and starts an
 async save of the manager and of a payload (``--payload-leaves`` arrays of
 ``--payload-kib`` KiB, so that deleting an old step takes a while) every step, keeping
 ``max_to_keep=2`` steps. With ``--atomic-delete`` old steps are deleted by renaming them
-into the ``deleted`` subdirectory (``CheckpointManagerOptions.todelete_subdir``).
+into the ``deleted`` subdirectory (``CheckpointManagerOptions.todelete_subdir``). A run
+resumes from the newest step that restores (a ``MetadataCheckpointError`` moves on to the
+step before), writes ``start STEP`` and ``saved STEP`` after each ``save`` call, and stops
+(waiting to be killed) after ``--steps`` steps.
 
-The run resumes from the newest step that restores (a ``MetadataCheckpointError`` moves on
-to the step before). It waits for ``go`` on stdin after its imports, so that the test can
-start it while it still checks the previous run's checkpoints, then writes ``start STEP``
-and ``saved STEP`` after each ``save`` call, and stops (waiting to be killed) after
-``--steps`` steps.
+This process imports JAX, Orbax and datarax once, without starting JAX's runtime (no
+thread yet, so forking is safe), writes ``ready``, and then for each line ``run LOG`` on
+stdin forks a run logging to ``LOG``, writes ``forked PID``, waits for it to end (the test
+kills it with SIGKILL) and writes ``reaped PID SIGNAL``. A fork costs milliseconds where
+a fresh interpreter would import everything again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -95,32 +100,15 @@ def load(manager: MetadataManager, records: queue.Queue) -> None:
         records.put(record)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--checkpoints", type=Path, required=True)
-    p.add_argument("--log", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--records-per-step", type=int, default=8)
-    p.add_argument("--payload-leaves", type=int, default=8)
-    p.add_argument("--payload-kib", type=int, default=64)
-    p.add_argument("--atomic-delete", action="store_true")
-    p.add_argument("--switch-interval", type=float, default=1e-5)
-    args = p.parse_args()
-    # Compile what the run uses before the test starts the clock: the key derivation
-    # (the test shares a persistent compilation cache between its children).
-    record_entry(new_manager(args.seed).create_metadata(record_key=0))
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        return 1
+def run(args: argparse.Namespace, log: Path) -> None:
+    """One run, in a forked process: resume, then load, log and save until killed."""
     sys.setswitchinterval(args.switch_interval)  # switch threads often: races show up
-
     mngr = checkpoint_manager(args.checkpoints, atomic_delete=args.atomic_delete)
     start, manager = resume(mngr, args.seed, args.payload_leaves, args.payload_kib)
     print(f"start {start}", flush=True)
     records: queue.Queue = queue.Queue(maxsize=2 * args.records_per_step)
     threading.Thread(target=load, args=(manager, records), daemon=True).start()
-    with args.log.open("w") as log_file:
+    with log.open("w") as log_file:
         for step in range(start + 1, start + 1 + args.steps):
             batch = [record_entry(records.get()) for _ in range(args.records_per_step)]
             log_file.write(json.dumps({"step": step, "records": batch}) + "\n")
@@ -135,6 +123,36 @@ def main() -> int:
     print("done", flush=True)
     while True:  # the test kills every run; one that gets here waits for it
         time.sleep(3600)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoints", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--records-per-step", type=int, default=8)
+    p.add_argument("--payload-leaves", type=int, default=8)
+    p.add_argument("--payload-kib", type=int, default=64)
+    p.add_argument("--atomic-delete", action="store_true")
+    p.add_argument("--switch-interval", type=float, default=1e-5)
+    args = p.parse_args()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, log = line.split()
+        if command != "run":
+            return 1
+        pid = os.fork()
+        if pid == 0:  # the run: it never returns
+            try:
+                run(args, Path(log))
+            except BaseException:
+                traceback.print_exc()
+                sys.stderr.flush()
+            os._exit(1)
+        print(f"forked {pid}", flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(f"reaped {pid} {os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
