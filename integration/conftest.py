@@ -39,6 +39,7 @@ class Process:
         self.argv = list(argv)
         self.popen = subprocess.Popen(
             self.argv,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -67,19 +68,36 @@ class Process:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for_line(self, line: str, timeout: float) -> None:
-        """Waits until the process writes ``line``; fails the test if it exits or
-        ``timeout`` seconds pass first."""
+    def send(self, line: str) -> None:
+        """Writes ``line`` and a newline to the process's stdin."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def wait_for_line(
+        self, line: str, timeout: float, *, since: int = 0, prefix: bool = False
+    ) -> str:
+        """Waits until the process writes ``line`` (or, with ``prefix``, a line starting
+        with it) as its line number ``since`` or later, and returns that line; fails the
+        test if the process exits or ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
+
+        def found() -> str | None:
+            for written in self.lines[since:]:
+                if written == line or (prefix and written.startswith(line)):
+                    return written
+            return None
+
         with self._changed:
-            while line not in self.lines:
+            while (written := found()) is None:
                 left = deadline - time.monotonic()
-                if left <= 0 or (not self._reader.is_alive() and line not in self.lines):
+                if left <= 0 or not self._reader.is_alive():
                     why = "timed out" if left <= 0 else f"exited ({self.popen.poll()})"
                     pytest.fail(
                         f"waiting for {line!r}, the process {why}: {self.argv}\n{self.output}"
                     )
                 self._changed.wait(min(left, 0.5))
+            return written
 
     def wait(self, timeout: float) -> int:
         """Waits for the process to exit (and its output to be read); its return code.
@@ -132,6 +150,9 @@ class Processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.popen.wait(timeout=10)
             process._reader.join(timeout=10)  # EOF once the group is dead
+            if process.popen.stdin is not None:
+                with contextlib.suppress(OSError):  # the pipe's reader is gone
+                    process.popen.stdin.close()
 
 
 @pytest.fixture

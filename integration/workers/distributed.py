@@ -98,8 +98,7 @@ def main() -> int:
         except MetadataCheckpointError as error:
             print(f"MetadataCheckpointError: {error}", flush=True)
             os._exit(3)  # the other processes fail alike: no shutdown barrier to wait at
-        weights = restored["model"]["w"]
-        manager = restored["data"]
+        weights, manager = restored["model"]["w"], restored["data"]
         start = latest
         batch = restored["batch"]
         mine = {

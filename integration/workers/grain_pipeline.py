@@ -55,8 +55,7 @@ def main() -> int:
                 data=MetadataManagerRestore(manager),
             ),
         )
-        assert restored["pipeline"] is iterator
-        manager = restored["data"]
+        iterator, manager = restored["pipeline"], restored["data"]
         start = latest
     print(f"start {start}", flush=True)
 

@@ -107,6 +107,29 @@ def fixture_next_record(manager: MetadataManager) -> dict[str, Any]:
     }
 
 
+def read_only_manager(directory: Path) -> ocp.CheckpointManager:
+    """A ``CheckpointManager`` over ``directory`` that lists and restores, and never writes
+    or deletes anything."""
+    options = ocp.CheckpointManagerOptions(
+        read_only=True, create=False, save_interval_steps=0, max_to_keep=None
+    )
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def committed_steps(directory: Path) -> list[int]:
+    """The steps listed in ``directory`` (committed ones): what a run resuming sees."""
+    if not directory.exists():
+        return []
+    with read_only_manager(directory) as mngr:
+        return sorted(mngr.all_steps())
+
+
+def resume_point(directory: Path) -> int:
+    """The step a run resuming from the latest committed step of ``directory`` starts at
+    (0 when nothing committed)."""
+    return max(committed_steps(directory), default=0)
+
+
 def log_step(
     log_file: IO[str],
     log: dict[str, Any],

@@ -211,7 +211,14 @@ class Trainer:
 
 def checkpoint_manager(directory: Path) -> ocp.CheckpointManager:
     """An async CheckpointManager over ``directory`` that keeps the two latest steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=2,
+        enable_async_checkpointing=True,
+        # Old steps are renamed into `deleted/` (one atomic rename) rather than deleted file
+        # by file: a kill during cleanup never leaves a half-deleted step listed. Orbax
+        # never empties `deleted/`; see docs/guides/resume-training.md.
+        todelete_subdir="deleted",
+    )
     return ocp.CheckpointManager(directory, options=options)
 
 
