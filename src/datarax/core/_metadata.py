@@ -10,14 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from datarax.core._checks import (
-    check_count,
-    check_counter,
-    check_rng_key,
-    check_source_info,
-    tree_equal,
-)
+from datarax.core._checks import check_counter, check_source_info, tree_equal
 from datarax.core._keys import MAX_KEY_LENGTH, decode_key, encode_key
+from datarax.core._rng import check_rng_key, split_rng
 from datarax.core._static import StaticInfo
 
 _LEAF_FIELDS = ("index", "epoch", "global_step", "batch_idx", "shard_id", "rng_key", "_encoded_key")
@@ -150,10 +145,7 @@ class Metadata:
         Returns:
             ``list(jax.random.split(rng_key, num))``, or ``[None] * num`` without a key.
         """
-        num = check_count("num", num)
-        if self.rng_key is None:
-            return [None] * num
-        return list(jax.random.split(self.rng_key, num))
+        return split_rng(self.rng_key, num)
 
     def next_rng(self) -> Metadata:
         """Returns a copy whose ``rng_key`` is the second half of ``split(rng_key, 2)``.

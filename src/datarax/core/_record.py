@@ -9,14 +9,9 @@ import jax
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from datarax.core._checks import (
-    check_count,
-    check_counter,
-    check_rng_key,
-    check_source_info,
-    tree_equal,
-)
+from datarax.core._checks import check_counter, check_source_info, tree_equal
 from datarax.core._keys import MAX_KEY_LENGTH, decode_key, encode_key_bytes
+from datarax.core._rng import check_rng_key, split_rng
 from datarax.core._static import StaticInfo
 
 _LEAF_FIELDS = ("index", "record_key", "rng_key", "epoch", "global_step", "batch_idx", "shard_id")
@@ -113,10 +108,7 @@ class RecordMetadata:
         Returns:
             ``list(jax.random.split(rng_key, num))``, or ``[None] * num`` without a key.
         """
-        num = check_count("num", num)
-        if self.rng_key is None:
-            return [None] * num
-        return list(jax.random.split(self.rng_key, num))
+        return split_rng(self.rng_key, num)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
