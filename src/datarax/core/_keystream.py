@@ -7,11 +7,11 @@ call, a window of keys for consecutive counts and hands out the rest from that w
 key is bit-identical to ``jax.random.fold_in(stream_key, count)``, which is what calling the
 ``nnx.Rngs`` stream returns.
 
-Threads: records are read from any thread (a loader thread, the training thread). A
-:class:`KeyStream`'s window is one ``(start, keys)`` tuple, replaced whole, so a reader
-always sees a start and the keys derived from it; a miss derives the new window under the
-stream's own lock, never under the manager's position lock, so deriving keys never holds up
-a thread that creates records or saves.
+Threads: records are read from any thread (a loader thread, Grain's prefetch threads, the
+training thread). A :class:`KeyStream`'s windows are one tuple of ``(start, keys)`` pairs,
+replaced whole, so a reader always sees starts with the keys derived from them; a miss
+derives a new window under the stream's own lock, never under the manager's position lock,
+so deriving keys never holds up a thread that creates records or saves.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ STREAM = "metadata"
 
 _FIRST_WINDOW = 8
 _MAX_WINDOW = 1024
+_KEPT = 4  # windows kept per stream
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -44,34 +45,45 @@ def fold_in_range(key: jax.Array, start: jax.Array, size: int) -> jax.Array:
 
 
 class KeyStream:
-    """The keys of one stream key, with its most recently derived window of keys."""
+    """The keys of one stream key, with its most recently derived windows of keys."""
 
-    __slots__ = ("_lock", "_window", "_window_size", "key")
+    __slots__ = ("_lock", "_windows", "key")
 
     def __init__(self, key: jax.Array) -> None:
         self.key = key
-        self._window: tuple[int, list[jax.Array]] = (0, [])
-        self._window_size = _FIRST_WINDOW
+        # The newest window first; each is (start, keys). Replaced whole, never mutated.
+        self._windows: tuple[tuple[int, list[jax.Array]], ...] = ()
         self._lock = threading.Lock()
 
     def get(self, count: int) -> jax.Array:
         """The key for ``count``: ``jax.random.fold_in(self.key, count)``."""
-        start, keys = self._window  # one tuple: a start and its keys, never a mix
-        if 0 <= count - start < len(keys):
-            return keys[count - start]
+        for start, keys in self._windows:  # one tuple read: windows and starts agree
+            if 0 <= count - start < len(keys):
+                return keys[count - start]
         with self._lock:
-            start, keys = self._window  # another thread may have derived it meanwhile
-            offset = count - start
-            if 0 <= offset < len(keys):
-                return keys[offset]
-            # Sequential readers get windows that double in size; a jump starts small again,
-            # so that sparse readers never pay for many keys they do not read.
-            sequential = offset == len(keys)
-            size = min(self._window_size * 2, _MAX_WINDOW) if sequential else _FIRST_WINDOW
-            keys = list(fold_in_range(self.key, np.uint32(count), size))
-            self._window_size = size
-            self._window = (count, keys)
-            return keys[0]
+            for start, keys in self._windows:  # another thread may have derived it meanwhile
+                if 0 <= count - start < len(keys):
+                    return keys[count - start]
+            start, size = self._next_window(count)
+            keys = list(fold_in_range(self.key, np.uint32(start), size))
+            self._windows = ((start, keys), *self._windows[: _KEPT - 1])
+            return keys[count - start]
+
+    def _next_window(self, count: int) -> tuple[int, int]:
+        """Where the window holding ``count`` starts, and its size.
+
+        Readers moving forward (one thread, or several reading slightly out of order, as
+        Grain's prefetch threads do) get windows that continue the newest one and double in
+        size; a jump starts a small window at ``count``, so that sparse readers never pay
+        for many keys they do not read. The newest few windows are kept, so that a reader a
+        little behind the others still finds its key.
+        """
+        if self._windows:
+            start, keys = self._windows[0]
+            end, size = start + len(keys), min(2 * len(keys), _MAX_WINDOW)
+            if end <= count < end + size:
+                return end, size
+        return count, _FIRST_WINDOW
 
     def derive_batch(self, start: int, size: int) -> jax.Array:
         """One key array of shape ``(size,)`` for consecutive counts from ``start``."""
