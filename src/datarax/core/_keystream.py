@@ -32,9 +32,10 @@ from datarax.core._variables import has_hooks
 STREAM = "metadata"
 """Name of the ``nnx.Rngs`` stream that record keys are drawn from."""
 
-_FIRST_WINDOW = 8
-_MAX_WINDOW = 1024
-_KEPT = 4  # windows kept per stream
+_FIRST_WINDOW = 8  # keys in a record window after a jump
+_MAX_WINDOW = 1024  # keys in a record window at most
+_MAX_WINDOW_KEYS = 4096  # keys in a window of batches at most (one batch if it is larger)
+_KEPT = 3  # windows kept per stream
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -44,50 +45,87 @@ def fold_in_range(key: jax.Array, start: jax.Array, size: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, counts)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def fold_in_batches(
+    key: jax.Array, start: jax.Array, size: int, count: int
+) -> tuple[jax.Array, ...]:
+    """``count`` arrays of ``size`` keys each, for consecutive counts from ``start``: the
+    keys of ``count`` consecutive batches, derived in one call."""
+    return tuple(fold_in_range(key, start, size * count).reshape(count, size))
+
+
 class KeyStream:
-    """The keys of one stream key, with its most recently derived windows of keys."""
+    """The keys of one stream key, with its most recently derived windows of keys.
+
+    A window is ``(start, step, batched, items)``: ``items[i]`` holds the keys of counts
+    ``start + i * step`` to ``start + (i + 1) * step - 1``; one key per item for records
+    (``step == 1``, not ``batched``), one array of ``step`` keys per item for batches.
+    """
 
     __slots__ = ("_lock", "_windows", "key")
 
     def __init__(self, key: jax.Array) -> None:
         self.key = key
-        # The newest window first; each is (start, keys). Replaced whole, never mutated.
-        self._windows: tuple[tuple[int, list[jax.Array]], ...] = ()
+        # The newest window first. Replaced whole, never mutated.
+        self._windows: tuple[_Window, ...] = ()
         self._lock = threading.Lock()
 
     def get(self, count: int) -> jax.Array:
         """The key for ``count``: ``jax.random.fold_in(self.key, count)``."""
-        for start, keys in self._windows:  # one tuple read: windows and starts agree
-            if 0 <= count - start < len(keys):
-                return keys[count - start]
-        with self._lock:
-            for start, keys in self._windows:  # another thread may have derived it meanwhile
-                if 0 <= count - start < len(keys):
-                    return keys[count - start]
-            start, size = self._next_window(count)
-            keys = list(fold_in_range(self.key, np.uint32(start), size))
-            self._windows = ((start, keys), *self._windows[: _KEPT - 1])
-            return keys[count - start]
-
-    def _next_window(self, count: int) -> tuple[int, int]:
-        """Where the window holding ``count`` starts, and its size.
-
-        Readers moving forward (one thread, or several reading slightly out of order, as
-        Grain's prefetch threads do) get windows that continue the newest one and double in
-        size; a jump starts a small window at ``count``, so that sparse readers never pay
-        for many keys they do not read. The newest few windows are kept, so that a reader a
-        little behind the others still finds its key.
-        """
-        if self._windows:
-            start, keys = self._windows[0]
-            end, size = start + len(keys), min(2 * len(keys), _MAX_WINDOW)
-            if end <= count < end + size:
-                return end, size
-        return count, _FIRST_WINDOW
+        return self._item(count, 1, False)
 
     def derive_batch(self, start: int, size: int) -> jax.Array:
         """One key array of shape ``(size,)`` for consecutive counts from ``start``."""
-        return fold_in_range(self.key, np.uint32(start), size)
+        if size == 0:
+            return fold_in_range(self.key, np.uint32(start), 0)
+        return self._item(start, size, True)
+
+    def _item(self, start: int, step: int, batched: bool) -> jax.Array:
+        found = _find(self._windows, start, step, batched)  # one read: starts and items agree
+        if found is not None:
+            return found
+        with self._lock:
+            found = _find(self._windows, start, step, batched)  # or another thread derived it
+            if found is not None:
+                return found
+            first, count = self._next_window(start, step, batched)
+            if not batched:
+                items = list(fold_in_range(self.key, np.uint32(first), count))
+            else:
+                items = list(fold_in_batches(self.key, np.uint32(first), step, count))
+            self._windows = ((first, step, batched, items), *self._windows[: _KEPT - 1])
+            return items[(start - first) // step]
+
+    def _next_window(self, start: int, step: int, batched: bool) -> tuple[int, int]:
+        """Where the window holding ``start`` begins, and how many items it holds.
+
+        Readers moving forward (one thread, or several reading slightly out of order, as
+        Grain's prefetch threads do) get windows that continue the newest one and double in
+        size; a jump starts a small window at ``start``, so that sparse readers never pay
+        for many keys they do not read. The newest few windows are kept, so that a reader a
+        little behind the others still finds its key.
+        """
+        most = max(1, _MAX_WINDOW_KEYS // step) if batched else _MAX_WINDOW
+        if self._windows:
+            first, held_step, held_batched, items = self._windows[0]
+            end, count = first + len(items) * step, min(2 * len(items), most)
+            same = held_step == step and held_batched == batched
+            # A batch's keys are one item: only a batch right after the window continues it.
+            if same and (start == end if batched else end <= start < end + count):
+                return end, count
+        return start, 1 if batched else _FIRST_WINDOW
+
+
+_Window = tuple[int, int, bool, list[jax.Array]]
+
+
+def _find(windows: tuple[_Window, ...], start: int, step: int, batched: bool) -> Any:
+    for first, held_step, held_batched, items in windows:
+        offset = start - first
+        same = held_step == step and held_batched == batched
+        if same and 0 <= offset < len(items) * step and offset % step == 0:
+            return items[offset // step]
+    return None
 
 
 _STREAMS: IdentityCache[KeyStream] = IdentityCache()
