@@ -3,11 +3,19 @@
 Run: ``python -m benchmarks.metadata_bench`` (one process; prints a table and ratios).
 Every timed loop is preceded by a warm-up that compiles what it needs; the fast manager's
 keys are checked bit for bit against the baseline's before anything is timed.
+
+The Grain rows create metadata inside a real ``grain.MapDataset`` pipeline of 100k records
+(iterated with Grain's default read options: a pool of prefetch threads calling ``.map``
+concurrently, so the manager is used from several threads), whose ``.map`` returns each
+record's ``rng_key``: per record against the straightforward manager, and per batch of 256
+(``.batch(256)`` then ``create_batch_metadata``) against the least a pipeline can do to key
+a batch, one ``jit(vmap(fold_in))`` call over the batch's counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import time
 from collections.abc import Callable
@@ -16,10 +24,17 @@ import jax
 import numpy as np
 from flax import nnx
 
+try:
+    import grain
+except ImportError:  # grain is in the test extra; without it the Grain rows are skipped
+    grain = None
+
 from benchmarks.straightforward import StraightforwardManager
 from datarax.core.metadata import MetadataManager
 
 BATCH = 4096
+GRAIN_RECORDS = 100_000
+GRAIN_BATCH = 256
 
 
 def _rate(run: Callable[[int], None], n: int, repeats: int) -> float:
@@ -59,6 +74,62 @@ def _batches(manager: MetadataManager) -> Callable[[int], None]:
     return run
 
 
+def _grain_records(manager: object, threads: bool = True) -> Callable[[int], None]:
+    """The first ``n`` records of a Grain pipeline whose ``.map`` reads each record's key,
+    iterated with Grain's default prefetch threads or, without ``threads``, on this one."""
+    create = manager.create_metadata  # type: ignore[attr-defined]
+    dataset = grain.MapDataset.range(GRAIN_RECORDS).map(lambda i: create(int(i)).rng_key)
+    options = None if threads else grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+    def run(n: int) -> None:
+        jax.block_until_ready(list(dataset[:n].to_iter_dataset(options)))
+
+    return run
+
+
+def _grain_batches(make_keys: Callable[[np.ndarray], jax.Array]) -> Callable[[int], None]:
+    """The first ``n`` records, in batches of 256, of a Grain pipeline keying each batch."""
+    dataset = grain.MapDataset.range(GRAIN_RECORDS).batch(GRAIN_BATCH).map(make_keys)
+
+    def run(n: int) -> None:
+        jax.block_until_ready(list(dataset[: n // GRAIN_BATCH]))
+
+    return run
+
+
+def _vmap_fold_in() -> Callable[[np.ndarray], jax.Array]:
+    """The baseline batch keying: ``fold_in(stream_key, count)`` for the batch's counts."""
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
+    key = jax.random.key(0)
+    starts = itertools.count(0, GRAIN_BATCH)  # next() is atomic: safe from Grain's threads
+
+    def make_keys(ids: np.ndarray) -> jax.Array:
+        start = next(starts)
+        return fold(key, np.arange(start, start + len(ids), dtype=np.uint32))
+
+    return make_keys
+
+
+def _grain_rows(scale: int, repeats: int) -> list[tuple[str, float, float]]:
+    if grain is None:
+        print("grain is not installed: the Grain rows are skipped (pip install grain)")
+        return []
+    rows = []
+    for label, threads in (("", True), (", no prefetch threads", False)):
+        manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
+        fast = _rate(_grain_records(manager, threads), 100_000 // scale, repeats)
+        slow_manager = StraightforwardManager(rngs=nnx.Rngs(metadata=0))
+        slow = _rate(_grain_records(slow_manager, threads), 4_000 // scale, repeats)
+        rows.append((f"grain .map, create_metadata + rng_key{label}", fast, slow))
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
+    batches = _grain_batches(lambda ids: manager.create_batch_metadata(ids).rng_key)
+    baseline = _grain_batches(_vmap_fold_in())
+    n = GRAIN_RECORDS // scale
+    fast, slow = _rate(batches, n, repeats), _rate(baseline, n, repeats)
+    rows.append(("grain .batch(256), create_batch_metadata", fast, slow))
+    return rows
+
+
 def _check_identical(n: int = 300) -> None:
     fast = MetadataManager(rngs=nnx.Rngs(metadata=7))
     slow = StraightforwardManager(rngs=nnx.Rngs(metadata=7))
@@ -96,15 +167,16 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
         slow_manager = StraightforwardManager(rngs=nnx.Rngs(metadata=0) if rngs else None)
         slow = _rate(_loop(slow_manager, rngs), (20_000 if not rngs else 2_000) // scale, repeats)
         rows.append((label, fast, slow))
+    rows.extend(_grain_rows(scale, repeats))
 
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"python {platform.python_version()}, jax {jax.__version__}, "
         f"backend {jax.default_backend()}"
     )
-    print(f"{'benchmark':40} {'datarax rec/s':>15} {'straightforward rec/s':>22} {'ratio':>8}")
+    print(f"{'benchmark':52} {'datarax rec/s':>15} {'baseline rec/s':>16} {'ratio':>8}")
     for label, fast, slow in rows:
-        print(f"{label:40} {fast:15,.0f} {slow:22,.0f} {fast / slow:7.1f}x")
+        print(f"{label:52} {fast:15,.0f} {slow:16,.0f} {fast / slow:7.2f}x")
     return rows
 
 

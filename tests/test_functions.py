@@ -1,5 +1,7 @@
 """create_metadata, split_rng_tree, batch_metadata and update_metadata_batch."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,12 +64,34 @@ def test_batch_metadata_combines():
     assert b.rng_key is key and b.entry_key == "first" and b.source_info == {"a": 1}
 
 
-def test_update_metadata_batch_is_jitted():
-    m = Metadata(global_step=10, batch_idx=None)
-    out = update_metadata_batch(m, 32)
-    assert int(out.global_step) == 42 and int(out.batch_idx) == 1
-    out2 = update_metadata_batch(out, 8)
-    assert int(out2.global_step) == 50 and int(out2.batch_idx) == 2
+def _compilations(caplog, run):
+    """How many times XLA compiles ``update_metadata_batch``'s function while ``run`` runs."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        run()
+    return sum("Compiling jit(_update_metadata_batch)" in r.getMessage() for r in caplog.records)
+
+
+def test_update_metadata_batch_is_jitted(caplog):
+    # A source_info of its own: a structure no other test compiled, so the first call must.
+    m = Metadata(global_step=10, batch_idx=0, source_info={"test": "is_jitted"})
+    outs = []
+    assert _compilations(caplog, lambda: outs.append(update_metadata_batch(m, 32))) == 1
+    assert (int(outs[0].global_step), int(outs[0].batch_idx)) == (42, 1)
+
+    # Other batch sizes and counters of the same types reuse that compilation.
+    def sizes():
+        outs.extend(update_metadata_batch(m.replace(global_step=i), i) for i in range(5))
+
+    assert _compilations(caplog, sizes) == 0
+    assert [int(o.global_step) for o in outs[1:]] == [0, 2, 4, 6, 8]
+
+    # Its output (weakly typed array counters, like Python ints) chains without compiling.
+    def chain():
+        outs.append(update_metadata_batch(update_metadata_batch(outs[0], 8), 8))
+
+    assert _compilations(caplog, chain) == 0
+    assert (int(outs[-1].global_step), int(outs[-1].batch_idx)) == (58, 3)
     traced = jax.jit(lambda m, n: update_metadata_batch(m, n))(m, jnp.int32(3))
     assert int(traced.global_step) == 13
 

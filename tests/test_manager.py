@@ -208,3 +208,26 @@ def test_refused_batch_leaves_the_manager_unchanged():
     with pytest.raises(ValueError):
         m.create_metadata("x" * 200)
     assert m.state.get_value()["index"] == 0 and int(rngs.metadata.count.get_value()) == 0
+
+
+@given(st.lists(st.one_of(st.just(0), st.integers(1, 40), st.just(-1)), max_size=40))
+def test_any_mix_of_records_batches_and_stream_calls_is_one_stream(ops):
+    """Records (0), batches of k (k > 0) and direct stream calls (-1), in any order, take
+    consecutive keys of the one stream, read in any order afterwards."""
+    m = MetadataManager(rngs=nnx.Rngs(metadata=11))
+    twin = nnx.Rngs(metadata=11)
+    got, expected = [], []
+    for op in ops:
+        if op == 0:
+            got.append(m.create_metadata(0))
+            expected.append(kd(twin.metadata()))
+        elif op > 0:
+            batch = m.create_batch_metadata(list(range(op)))
+            got.extend(kd(batch.rng_key))
+            expected.extend(kd(twin.metadata()) for _ in range(op))
+        else:
+            got.append(kd(m.rngs.metadata()))
+            expected.append(kd(twin.metadata()))
+    for i in reversed(range(len(got))):  # records' keys derived lazily, in reverse
+        key = got[i] if isinstance(got[i], np.ndarray) else kd(got[i].rng_key)
+        np.testing.assert_array_equal(key, expected[i])

@@ -145,10 +145,21 @@ def test_instances_are_frozen_and_methods_return_new_instances():
     m = Metadata(index=1, epoch=2, global_step=3, batch_idx=None, rng_key=jax.random.key(0))
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.index = 5  # type: ignore[misc]
-    snapshot = dataclasses.asdict(m) | {}
-    m.replace(index=9), m.next_rng(), m.increment_step(), m.increment_epoch()
-    m.increment_batch(), m.with_shard(3), m.merge(Metadata(index=4))
-    assert dataclasses.asdict(m).keys() == snapshot.keys()
+    names = [f.name for f in dataclasses.fields(m)]
+    before = {n: getattr(m, n) for n in names}
+    key_data = np.asarray(jax.random.key_data(m.rng_key))
+    results = [
+        m.replace(index=9),
+        m.next_rng(),
+        m.increment_step(),
+        m.increment_epoch(),
+        m.increment_batch(),
+        m.with_shard(3),
+        m.merge(Metadata(index=4)),
+    ]
+    assert all(isinstance(r, Metadata) and r is not m for r in results)
+    assert all(getattr(m, n) is before[n] for n in names)  # no field rebound
+    np.testing.assert_array_equal(jax.random.key_data(m.rng_key), key_data)
     assert (m.index, m.epoch, m.global_step, m.batch_idx, m.shard_id) == (1, 2, 3, None, None)
 
 
@@ -224,8 +235,7 @@ def test_to_dict_and_from_dict_round_trip_without_mutating_input():
     assert d["record_key"] == "k"
     copy = dict(d)
     assert Metadata.from_dict(d) == m
-    assert d == copy or d.keys() == copy.keys()
-    assert "record_key" in d
+    assert list(d) == list(copy) and all(d[k] is copy[k] for k in d)  # d is untouched
     alias = {**d}
     alias["key"] = alias.pop("record_key")
     assert Metadata.from_dict(alias) == m
@@ -267,3 +277,36 @@ def test_equality_is_exact():
     assert Metadata(index=1) != Metadata(index=np.int64(1))
     assert Metadata(rng_key=jax.random.key(0)) != Metadata(rng_key=jax.random.key(1))
     assert Metadata(key="a") != Metadata(key="b")
+
+
+def test_a_batched_metadata_has_a_repr_and_a_dict_that_round_trips():
+    texts = np.array(["a", "bé", "", "k" * 128])
+    m = Metadata(
+        index=np.arange(4),
+        rng_key=jax.random.split(jax.random.key(0), 4),
+        key=texts,
+        source_info={"s": 1},
+    )
+    assert m._encoded_key.shape == (4, MAX_KEY_LENGTH)
+    np.testing.assert_array_equal(m.entry_key, texts)
+    assert "key=array(['a', 'bé', ''," in repr(m) and repr(m).startswith("Metadata(index=array(")
+    d = m.to_dict()
+    np.testing.assert_array_equal(d["record_key"], texts)
+    assert Metadata.from_dict(d) == m
+    encoded = Metadata(_encoded_key=m._encoded_key.reshape(2, 2, MAX_KEY_LENGTH))
+    assert encoded.entry_key.shape == (2, 2) and encoded.to_dict()["record_key"][1, 1] == "k" * 128
+    assert Metadata(_encoded_key=np.zeros((0, MAX_KEY_LENGTH), np.uint8)).entry_key.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("row", "byte", "value"),
+    [(1, 100, 1), (0, 0, 0xFF), (2, 0, 0x80), (1, 1, 0xC3)],
+    ids=["byte after the padding", "not UTF-8", "continuation first", "cut character"],
+)
+def test_an_encoded_key_that_no_text_encodes_to_is_refused(row, byte, value):
+    encoded = np.asarray(Metadata(key=np.array(["a", "b", "c"]))._encoded_key).copy()
+    encoded[row, byte] = value
+    with pytest.raises(ValueError, match=f"Encoded record key {row} is not a zero-padded"):
+        Metadata(_encoded_key=encoded)
+    with pytest.raises(ValueError, match="Encoded record key 0 is not"):
+        Metadata(_encoded_key=encoded[row])

@@ -1,20 +1,21 @@
-"""Vectorised metadata for a whole batch of records (``MetadataManager.create_batch_metadata``)."""
+"""The metadata of a whole batch of records, from plain values.
+
+``MetadataManager.create_batch_metadata`` reserves a batch's counters and stream counts
+under its lock; the functions here build the batch from what was reserved, without the lock
+and without the manager: NumPy counters and one jitted key derivation where the counters are
+Python ints, JAX operations where they are arrays or tracers (inside ``nnx`` transforms).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from datarax.core._checks import check_source_info
 from datarax.core._keys import encode_key_bytes
-from datarax.core._keystream import STREAM, reserve_keys
 from datarax.core._record import RecordMetadata
-
-if TYPE_CHECKING:
-    from datarax.core._manager import MetadataManager
-
 
 _INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
 _STR_TYPES = {str, np.str_}
@@ -49,49 +50,61 @@ def record_key_array(record_keys: Any) -> np.ndarray:
     raise TypeError(_REFUSED.format(f"an array of dtype {keys.dtype}"))
 
 
-def create_batch(
-    manager: MetadataManager, record_keys: Any, source_info: dict[str, Any] | None
+def counter_dtype() -> np.dtype:
+    """The dtype of a batch's counters: JAX's default integer dtype."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.int64))
+
+
+def check_fits(state: dict[str, Any], shard_id: int | None, n: int) -> None:
+    """Raises ``OverflowError`` where ``n`` more records would pass :func:`counter_dtype`."""
+    top = max(state["index"], state["global_step"], state["epoch"], state["batch_idx"] or 0)
+    top = max(top, shard_id or 0) + n
+    dtype = counter_dtype()
+    if top > np.iinfo(dtype).max:
+        raise OverflowError(f"Counters up to {top} do not fit the integer dtype {dtype}.")
+
+
+def stream_keys(key: Any, count: Any, n: int) -> jax.Array:
+    """``fold_in(key, count + i)`` for ``i < n``, stacked: what ``n`` calls of an
+    ``nnx.RngStream`` holding ``key`` and ``count`` return, for any key shape, traced or not."""
+    steps = jnp.arange(n, dtype=jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(key, count + i))(steps)
+
+
+def build_batch(
+    keys: np.ndarray,
+    state: dict[str, Any],
+    shard_id: int | None,
+    rng_key: Any,
+    source_info: dict[str, Any] | None,
 ) -> RecordMetadata:
-    """See :meth:`MetadataManager.create_batch_metadata`."""
-    keys = record_key_array(record_keys)
-    check_source_info(source_info)
+    """The batch of ``len(keys)`` records whose first record has the counters of ``state``.
+
+    Python-int counters give NumPy arrays; array or traced counters give JAX arrays.
+    """
     n = len(keys)
-    s = manager.state.get_value()
-    for name in ("index", "epoch", "global_step"):
-        if not isinstance(s[name], int):
-            raise TypeError(
-                f"create_batch_metadata needs int counters; state[{name!r}] is "
-                f"{type(s[name]).__name__}."
-            )
-    dtype = jax.dtypes.canonicalize_dtype(np.int64)
-    top = max(s["index"], s["global_step"], s["epoch"], s["batch_idx"] or 0, manager.shard_id or 0)
-    if top + n > np.iinfo(dtype).max:
-        raise OverflowError(f"Counters up to {top + n} do not fit the integer dtype {dtype}.")
+    dtype = counter_dtype()
+    host = all(type(state[k]) is int for k in ("index", "epoch", "global_step"))
+    xp = np if host else jnp
 
-    def full(value: int | None) -> np.ndarray | None:
-        return None if value is None else np.full(n, value, dtype=dtype)
+    def full(value: Any) -> Any:
+        return None if value is None else xp.full(n, value, dtype=dtype)
 
-    rng_key = None
-    rngs = manager.rngs
-    stream = None if rngs is None else vars(rngs).get(STREAM)
-    if stream is not None:
-        reserved = reserve_keys(stream, n)
-        if reserved is None:
-            raise TypeError(
-                f"create_batch_metadata needs the {STREAM!r} stream to hold one concrete key "
-                "and count (not a split stream or traced values)."
-            )
-        keystream, first = reserved
-        rng_key = keystream.derive_batch(first, n)
-    record = RecordMetadata(
-        index=np.arange(s["index"], s["index"] + n, dtype=dtype),
+    def count_up(value: Any) -> Any:
+        return xp.arange(n, dtype=dtype) + (value if host else jnp.asarray(value, dtype))
+
+    # Built without RecordMetadata's checks: every field is valid by construction (the
+    # keys were checked by record_key_array, source_info by the caller), and the checks
+    # would cost a batch of 256 as much as deriving its keys.
+    record = object.__new__(RecordMetadata)
+    record.__dict__.update(
+        index=count_up(state["index"]),
         record_key=keys,
         rng_key=rng_key,
-        epoch=full(s["epoch"]),
-        global_step=np.arange(s["global_step"], s["global_step"] + n, dtype=dtype),
-        batch_idx=full(s["batch_idx"]),
-        shard_id=full(manager.shard_id),
+        epoch=full(state["epoch"]),
+        global_step=count_up(state["global_step"]),
+        batch_idx=full(state["batch_idx"]),
+        shard_id=full(shard_id),
         source_info=source_info,
     )
-    manager.state.set_value({**s, "index": s["index"] + n, "global_step": s["global_step"] + n})
     return record

@@ -8,10 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def is_key_array(value: Any) -> bool:
-    """Whether ``value`` is a typed JAX PRNG key array (``jax.random.key``)."""
-    return isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key)
+from datarax.core._rng import is_key
 
 
 def check_counter(name: str, value: Any, *, optional: bool = False) -> None:
@@ -38,42 +35,18 @@ def check_counter(name: str, value: Any, *, optional: bool = False) -> None:
     raise TypeError(f"{name} must be {accepted}, got {found}: {value!r}.")
 
 
-def check_rng_key(value: Any) -> None:
-    """Checks that ``value`` is ``None``, a typed key array or a raw ``uint32`` key array."""
-    if value is None or is_key_array(value):
-        return
-    if isinstance(value, jax.Array | np.ndarray) and value.dtype == np.uint32:
-        return
-    found = getattr(value, "dtype", type(value).__name__)
-    raise TypeError(
-        "rng_key must be None, a typed key (jax.random.key) or a raw uint32 key "
-        f"(jax.random.PRNGKey), got {found}: {value!r}."
-    )
-
-
 def check_source_info(value: Any) -> None:
     """Checks that ``source_info`` is ``None`` or a ``dict``."""
     if value is not None and not isinstance(value, dict):
         raise TypeError(f"source_info must be a dict or None, got {type(value).__name__}.")
 
 
-def check_count(name: str, value: Any) -> int:
-    """Checks a count argument (``num``, ``batch_size``): a non-negative Python ``int``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be a non-negative int, got {type(value).__name__}: {value!r}."
-        )
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value}.")
-    return int(value)
-
-
 def _leaf_equal(x: Any, y: Any) -> bool:
     if isinstance(x, jax.Array | np.ndarray) or isinstance(y, jax.Array | np.ndarray):
         if not isinstance(x, jax.Array | np.ndarray) or not isinstance(y, jax.Array | np.ndarray):
             return False
-        if is_key_array(x) or is_key_array(y):
-            if not (is_key_array(x) and is_key_array(y)):
+        if is_key(x) or is_key(y):
+            if not (is_key(x) and is_key(y)):
                 return False
             if jax.random.key_impl(x) != jax.random.key_impl(y):
                 return False

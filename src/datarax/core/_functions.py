@@ -7,8 +7,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from datarax.core._checks import check_count, check_counter
+from datarax.core._checks import check_counter
 from datarax.core._metadata import Metadata
+from datarax.core._rng import split_rng
 
 
 def create_metadata(
@@ -80,11 +81,10 @@ def split_rng_tree(metadata: Metadata, num: int = 2) -> dict[str, jax.Array | No
         >>> split_rng_tree(create_metadata(), 2)
         {'key_0': None, 'key_1': None}
     """
-    num = check_count("num", num)
+    keys = split_rng(metadata.rng_key, num)
     if metadata.rng_key is None:
-        return {f"key_{i}": None for i in range(num)}
-    keys = jax.random.split(metadata.rng_key, num)
-    names = ["a", "b", *(f"key_{i}" for i in range(2, num))][:num]
+        return {f"key_{i}": None for i in range(len(keys))}
+    names = ["a", "b", *(f"key_{i}" for i in range(2, len(keys)))][: len(keys)]
     return dict(zip(names, keys, strict=True))
 
 

@@ -6,6 +6,12 @@ reference ``(KeyStream, count)``; the first read of a record's key derives, in o
 call, a window of keys for consecutive counts and hands out the rest from that window. Each
 key is bit-identical to ``jax.random.fold_in(stream_key, count)``, which is what calling the
 ``nnx.Rngs`` stream returns.
+
+Threads: records are read from any thread (a loader thread, Grain's prefetch threads, the
+training thread). A :class:`KeyStream`'s windows are one tuple of ``(start, keys)`` pairs,
+replaced whole, so a reader always sees starts with the keys derived from them; a miss
+derives a new window under the stream's own lock, never under the manager's position lock,
+so deriving keys never holds up a thread that creates records or saves.
 """
 
 from __future__ import annotations
@@ -17,15 +23,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from datarax.core._checks import is_key_array
+from datarax.core._cache import IdentityCache
+from datarax.core._rng import is_key
+from datarax.core._variables import has_hooks
 
 STREAM = "metadata"
 """Name of the ``nnx.Rngs`` stream that record keys are drawn from."""
 
-_FIRST_WINDOW = 8
-_MAX_WINDOW = 1024
-_CACHE_SIZE = 64
+_FIRST_WINDOW = 8  # keys in a record window after a jump
+_MAX_WINDOW = 1024  # keys in a record window at most
+_MAX_WINDOW_KEYS = 4096  # keys in a window of batches at most (one batch if it is larger)
+_KEPT = 3  # windows kept per stream
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -35,81 +45,139 @@ def fold_in_range(key: jax.Array, start: jax.Array, size: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, counts)
 
 
-class KeyStream:
-    """Caches the most recently derived window of keys of one stream key."""
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def fold_in_batches(
+    key: jax.Array, start: jax.Array, size: int, count: int
+) -> tuple[jax.Array, ...]:
+    """``count`` arrays of ``size`` keys each, for consecutive counts from ``start``: the
+    keys of ``count`` consecutive batches, derived in one call."""
+    return tuple(fold_in_range(key, start, size * count).reshape(count, size))
 
-    __slots__ = ("_window", "_window_size", "key")
+
+class KeyStream:
+    """The keys of one stream key, with its most recently derived windows of keys.
+
+    A window is ``(start, step, batched, items)``: ``items[i]`` holds the keys of counts
+    ``start + i * step`` to ``start + (i + 1) * step - 1``; one key per item for records
+    (``step == 1``, not ``batched``), one array of ``step`` keys per item for batches.
+    """
+
+    __slots__ = ("_lock", "_windows", "key")
 
     def __init__(self, key: jax.Array) -> None:
         self.key = key
-        self._window: tuple[int, list[jax.Array]] = (0, [])
-        self._window_size = _FIRST_WINDOW
+        # The newest window first. Replaced whole, never mutated.
+        self._windows: tuple[_Window, ...] = ()
+        self._lock = threading.Lock()
 
     def get(self, count: int) -> jax.Array:
         """The key for ``count``: ``jax.random.fold_in(self.key, count)``."""
-        start, keys = self._window
-        offset = count - start
-        if 0 <= offset < len(keys):
-            return keys[offset]
-        # Sequential readers get windows that double in size; a jump starts small again,
-        # so that sparse readers never pay for many keys they do not read.
-        size = min(self._window_size * 2, _MAX_WINDOW) if offset == len(keys) else _FIRST_WINDOW
-        self._window_size = size
-        keys = self.derive(count, size)
-        self._window = (count, keys)
-        return keys[0]
-
-    def derive(self, start: int, size: int) -> list[jax.Array]:
-        """``size`` keys for consecutive counts from ``start``, as separate arrays."""
-        return list(fold_in_range(self.key, np.uint32(start), size))
+        return self._item(count, 1, False)
 
     def derive_batch(self, start: int, size: int) -> jax.Array:
         """One key array of shape ``(size,)`` for consecutive counts from ``start``."""
-        return fold_in_range(self.key, np.uint32(start), size)
+        if size == 0:
+            return fold_in_range(self.key, np.uint32(start), 0)
+        return self._item(start, size, True)
+
+    def _item(self, start: int, step: int, batched: bool) -> jax.Array:
+        found = _find(self._windows, start, step, batched)  # one read: starts and items agree
+        if found is not None:
+            return found
+        with self._lock:
+            found = _find(self._windows, start, step, batched)  # or another thread derived it
+            if found is not None:
+                return found
+            first, count = self._next_window(start, step, batched)
+            if not batched:
+                items = list(fold_in_range(self.key, np.uint32(first), count))
+            else:
+                items = list(fold_in_batches(self.key, np.uint32(first), step, count))
+            self._windows = ((first, step, batched, items), *self._windows[: _KEPT - 1])
+            return items[(start - first) // step]
+
+    def _next_window(self, start: int, step: int, batched: bool) -> tuple[int, int]:
+        """Where the window holding ``start`` begins, and how many items it holds.
+
+        Readers moving forward (one thread, or several reading slightly out of order, as
+        Grain's prefetch threads do) get windows that continue the newest one and double in
+        size; a jump starts a small window at ``start``, so that sparse readers never pay
+        for many keys they do not read. The newest few windows are kept, so that a reader a
+        little behind the others still finds its key.
+        """
+        most = max(1, _MAX_WINDOW_KEYS // step) if batched else _MAX_WINDOW
+        if self._windows:
+            first, held_step, held_batched, items = self._windows[0]
+            end, count = first + len(items) * step, min(2 * len(items), most)
+            same = held_step == step and held_batched == batched
+            # A batch's keys are one item: only a batch right after the window continues it.
+            if same and (start == end if batched else end <= start < end + count):
+                return end, count
+        return start, 1 if batched else _FIRST_WINDOW
 
 
-_streams: dict[int, KeyStream] = {}
-_lock = threading.Lock()
+_Window = tuple[int, int, bool, list[jax.Array]]
+
+
+def _find(windows: tuple[_Window, ...], start: int, step: int, batched: bool) -> Any:
+    for first, held_step, held_batched, items in windows:
+        offset = start - first
+        same = held_step == step and held_batched == batched
+        if same and 0 <= offset < len(items) * step and offset % step == 0:
+            return items[offset // step]
+    return None
+
+
+_STREAMS: IdentityCache[KeyStream] = IdentityCache()
+"""Each stream key's :class:`KeyStream`, so that consecutive records share its window."""
+
+
+_last: KeyStream | None = None
+"""The most recently used :class:`KeyStream`: a record stream looks up one key over and
+over, and this spares it the cache's lock."""
 
 
 def key_stream(key: Any) -> KeyStream | None:
-    """The :class:`KeyStream` of ``key``, found by identity (stream keys are immutable);
+    """The :class:`KeyStream` of ``key``, found by identity (key arrays are immutable);
     ``None`` when ``key`` is not one concrete typed key."""
-    stream = _streams.get(id(key))
-    if stream is not None and stream.key is key:
-        return stream
-    if not is_key_array(key) or key.shape != () or isinstance(key, jax.core.Tracer):
-        return None
-    with _lock:
-        if len(_streams) >= _CACHE_SIZE:
-            _streams.pop(next(iter(_streams)))
-        stream = _streams[id(key)] = KeyStream(key)
+    global _last
+    last = _last  # one read: a KeyStream whose own key is compared, never a stale pair
+    if last is not None and last.key is key:
+        return last
+    stream = _STREAMS.get(key)
+    if stream is None:
+        if not is_key(key) or key.shape != () or isinstance(key, jax.core.Tracer):
+            return None
+        stream = _STREAMS.put(key, KeyStream(key))
+    _last = stream
     return stream
 
 
-def reserve_keys(stream: Any, n: int) -> tuple[KeyStream, int] | None:
-    """Advances an ``nnx.RngStream``'s count by ``n`` and returns the :class:`KeyStream` of
-    its key with the first count reserved: the keys of counts ``first .. first + n - 1``
-    are what ``n`` calls of the stream would have returned.
+def reservable(stream: nnx.RngStream) -> tuple[KeyStream, int] | None:
+    """The :class:`KeyStream` of an ``nnx.RngStream``'s key and its next count, where the
+    stream is one concrete key and a count held as a host or device array in Variables
+    without hooks; ``None`` otherwise (a split stream, tracers inside a transform, a
+    ``Ref``, hooks), and the caller takes the path that calls the stream.
 
-    Returns ``None``, touching nothing, where the stream is not one concrete key and count
-    (a split stream, tracers inside a transform, a ``Ref``).
+    Reads only; :func:`advance` writes. Call both under the manager's position lock.
     """
-    count = stream.count._raw_value
+    count_var, key_var = stream.count, stream.key
+    if has_hooks(count_var) or has_hooks(key_var):
+        return None
+    count = count_var.get_raw_value()
     if type(count) is not np.ndarray and (
         not isinstance(count, jax.Array) or isinstance(count, jax.core.Tracer)
     ):
         return None
     if count.shape != ():
         return None
-    keys = key_stream(stream.key._raw_value)
+    keys = key_stream(key_var.get_raw_value())
     if keys is None:
         return None
-    first = int(count)
-    # A host NumPy count: advancing it costs no device operation. The write bypasses
-    # Variable.set_value, whose copy and checks would dominate a per-record call; the raw
-    # value is a plain array here (not a Ref, not traced), which is all set_value updates.
-    object.__setattr__(
-        stream.count, "_raw_value", np.array((first + n) & 0xFFFFFFFF, dtype=np.uint32)
-    )
-    return keys, first
+    return keys, int(count)
+
+
+def advance(stream: nnx.RngStream, first: int, n: int) -> None:
+    """Sets the stream's count to ``first + n`` (mod 2**32), as ``n`` calls of the stream
+    would: a host NumPy ``uint32`` array, so that advancing it costs no device operation."""
+    stream.count.set_raw_value(np.array((first + n) & 0xFFFFFFFF, dtype=np.uint32))

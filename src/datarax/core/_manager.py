@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core._batch import create_batch
+from datarax.core._batch import build_batch, check_fits, record_key_array, stream_keys
 from datarax.core._checks import check_counter, check_source_info
 from datarax.core._keys import encode_key_bytes
-from datarax.core._keystream import STREAM, reserve_keys
+from datarax.core._keystream import STREAM, KeyStream, advance, reservable
 from datarax.core._lock import POSITION_LOCK
 from datarax.core._record import PENDING, RecordMetadata
+from datarax.core._variables import has_hooks
 
 _new = object.__new__
-_set = object.__setattr__
 
 
 class MetadataManager(nnx.Module):
@@ -36,6 +37,26 @@ class MetadataManager(nnx.Module):
     handed out: ``state`` holds the counters, and the ``metadata`` stream's ``count`` the
     number of keys drawn (kept as a host NumPy ``uint32`` array, so that advancing it costs
     no device operation).
+
+    Threads: a manager may be used from several threads at once (a Grain or prefetch
+    loader thread creating records while the training thread saves a checkpoint). Every
+    record and every batch reserves its counters and its stream counts in one step, under a
+    process-wide re-entrant lock that ``next_epoch``, ``next_batch``, ``reset`` and the
+    checkpoint layer's snapshot of the manager also hold; so no two records ever get the
+    same ``index`` or the same key, and every snapshot shows the counters and the
+    ``metadata`` stream's count of one instant (between two records, never inside one).
+    Deriving keys and building a batch's arrays happen after the lock is released. The
+    guarantee covers what the manager itself changes: a thread that calls the ``rngs``
+    streams or sets ``state`` directly must do its own locking.
+
+    Variables: ``state`` and the streams' Variables are read and written through Flax's
+    public API only. A Variable with an ``on_get_value`` or ``on_set_value`` hook always
+    goes through ``get_value()``/``set_value()`` (its hooks run for every record); others
+    through ``get_raw_value()``/``set_raw_value()``, which keep Flax's check that a
+    Variable is not updated from another trace level: calling :meth:`create_metadata`
+    inside a plain ``jax.jit`` of a closure over the manager raises Flax's
+    ``TraceContextError`` and changes nothing (use ``nnx.jit``, which passes the manager
+    in).
 
     Args:
         rngs: Optional Rngs for generating RNG keys in metadata.
@@ -117,74 +138,97 @@ class MetadataManager(nnx.Module):
         if source_info is not None and type(source_info) is not dict:
             check_source_info(source_info)
         with POSITION_LOCK:
-            return self._create(record_key, source_info)
-
-    def _create(self, record_key: Any, source_info: dict[str, Any] | None) -> RecordMetadata:
-        """The fast path of :meth:`create_metadata`, under :data:`POSITION_LOCK`."""
-        var = self.state
-        s = var._raw_value
-        if type(s) is not dict or type(s["index"]) is not int or type(s["global_step"]) is not int:
-            return self._create_generic(record_key, source_info)
-        rng_key = None
-        rng_source = None
-        rngs = self.rngs
-        if rngs is not None:
-            stream = vars(rngs).get(STREAM)
-            if stream is not None:
-                rng_source = reserve_keys(stream, 1)
-                if rng_source is None:
-                    return self._create_generic(record_key, source_info)
-                rng_key = PENDING
-        index = s["index"]
-        step = s["global_step"]
-        epoch = s["epoch"]
-        batch_idx = s["batch_idx"]
-        _set(
-            var,
-            "_raw_value",
-            {"global_step": step + 1, "epoch": epoch, "index": index + 1, "batch_idx": batch_idx},
-        )
+            taken = self._reserve(1)
+            if taken is None:
+                return self._create_generic(record_key, source_info)
+        s, rng_source = taken
         record = _new(RecordMetadata)
         record.__dict__.update(
-            index=index,
+            index=s["index"],
             record_key=record_key,
-            rng_key=rng_key,
-            epoch=epoch,
-            global_step=step,
-            batch_idx=batch_idx,
+            rng_key=None if rng_source is None else PENDING,
+            epoch=s["epoch"],
+            global_step=s["global_step"],
+            batch_idx=s["batch_idx"],
             shard_id=self.shard_id,
             source_info=source_info,
             _rng_source=rng_source,
         )
         return record
 
+    def _reserve(
+        self, n: int, *, bounded: bool = False
+    ) -> tuple[dict[str, Any], tuple[KeyStream, int] | None] | None:
+        """Reserves ``n`` records: advances the counters and the ``metadata`` stream's count
+        by ``n``, and returns the counters before (the first record's) with the stream's
+        :class:`KeyStream` and first count. ``None``, touching nothing, where the counters
+        are not Python ints or a Variable has hooks or the stream is not one concrete key:
+        the caller then takes the path through ``get_value``/``set_value`` and the stream.
+
+        Call under :data:`POSITION_LOCK`. With ``bounded``, counters that would pass the
+        batch dtype raise ``OverflowError`` before anything changes.
+        """
+        var = self.state
+        if has_hooks(var):
+            return None
+        s = var.get_raw_value()
+        if (
+            type(s) is not dict
+            or type(s["index"]) is not int
+            or type(s["global_step"]) is not int
+            or type(s["epoch"]) is not int
+        ):
+            return None
+        stream = None if self.rngs is None else vars(self.rngs).get(STREAM)
+        rng_source = None if stream is None else reservable(stream)
+        if stream is not None and rng_source is None:
+            return None
+        if bounded:
+            check_fits(s, self.shard_id, n)
+        index, step = s["index"], s["global_step"]
+        # set_raw_value checks the trace level: inside a plain jax.jit it raises, before
+        # the stream count below is touched.
+        var.set_raw_value(
+            {
+                "global_step": step + n,
+                "epoch": s["epoch"],
+                "index": index + n,
+                "batch_idx": s["batch_idx"],
+            }
+        )
+        if rng_source is not None:
+            try:
+                advance(stream, rng_source[1], n)
+            except BaseException:
+                var.set_raw_value(s)
+                raise
+        return s, rng_source
+
     def _create_generic(
         self, record_key: Any, source_info: dict[str, Any] | None = None
     ) -> RecordMetadata:
         """The straightforward path, for counters that are arrays or tracers (inside
-        ``nnx`` transforms) and streams whose key is not a single key."""
+        ``nnx`` transforms), Variables with hooks and streams whose key is not a single key:
+        one stream call and one ``get_value``/``set_value`` of ``state`` per record."""
         with POSITION_LOCK:
-            return self._create_generic_locked(record_key, source_info)
-
-    def _create_generic_locked(
-        self, record_key: Any, source_info: dict[str, Any] | None
-    ) -> RecordMetadata:
-        rng_key = None
-        if self.rngs is not None and STREAM in vars(self.rngs):
-            rng_key = getattr(self.rngs, STREAM)()
-        s = self.state.get_value()
-        record = RecordMetadata(
-            index=s["index"],
-            record_key=record_key,
-            rng_key=rng_key,
-            epoch=s["epoch"],
-            global_step=s["global_step"],
-            batch_idx=s["batch_idx"],
-            shard_id=self.shard_id,
-            source_info=source_info,
-        )
-        self.state.set_value({**s, "index": s["index"] + 1, "global_step": s["global_step"] + 1})
-        return record
+            rng_key = None
+            if self.rngs is not None and STREAM in vars(self.rngs):
+                rng_key = getattr(self.rngs, STREAM)()
+            s = self.state.get_value()
+            record = RecordMetadata(
+                index=s["index"],
+                record_key=record_key,
+                rng_key=rng_key,
+                epoch=s["epoch"],
+                global_step=s["global_step"],
+                batch_idx=s["batch_idx"],
+                shard_id=self.shard_id,
+                source_info=source_info,
+            )
+            self.state.set_value(
+                {**s, "index": s["index"] + 1, "global_step": s["global_step"] + 1}
+            )
+            return record
 
     def create_batch_metadata(
         self, record_keys: Any, source_info: dict[str, Any] | None = None
@@ -192,7 +236,8 @@ class MetadataManager(nnx.Module):
         """Creates the metadata of a whole batch at once.
 
         Equal, element by element and key by key, to calling :meth:`create_metadata` once
-        per record key, and leaves the manager in the same state.
+        per record key, and leaves the manager in the same state. Works inside ``nnx``
+        transforms too (then the fields are JAX arrays, derived from the traced state).
 
         Args:
             record_keys: A sequence or 1-D array of record keys, all ints or all strs.
@@ -201,16 +246,44 @@ class MetadataManager(nnx.Module):
         Returns:
             One RecordMetadata whose fields are arrays with a leading axis of
             ``len(record_keys)``: NumPy integer arrays for the counters (JAX's default
-            integer dtype), a typed key array for ``rng_key``, and ``record_keys`` as a
-            NumPy array.
+            integer dtype; JAX arrays when the counters are arrays or traced), a typed key
+            array for ``rng_key``, and ``record_keys`` as a NumPy array.
 
         Raises:
-            TypeError: Keys of mixed or unsupported types, or counters that are not ints.
+            TypeError: Keys of mixed or unsupported types.
             ValueError: Keys not 1-D, or a ``str`` key longer than 128 UTF-8 bytes.
             OverflowError: Counters would pass the range of the integer dtype.
         """
+        keys = record_key_array(record_keys)
+        check_source_info(source_info)
+        n = len(keys)
         with POSITION_LOCK:
-            return create_batch(self, record_keys, source_info)
+            taken = self._reserve(n, bounded=True)
+            if taken is None:
+                return self._create_batch_generic(keys, source_info)
+        # Reserved: the keys are derived and the arrays built without the lock.
+        s, rng_source = taken
+        rng_key = None if rng_source is None else rng_source[0].derive_batch(rng_source[1], n)
+        return build_batch(keys, s, self.shard_id, rng_key, source_info)
+
+    def _create_batch_generic(
+        self, keys: np.ndarray, source_info: dict[str, Any] | None
+    ) -> RecordMetadata:
+        """The batch counterpart of :meth:`_create_generic`, vectorised: one read and one
+        write of ``state`` and of the stream's count, through ``get_value``/``set_value``."""
+        n = len(keys)
+        with POSITION_LOCK:
+            rng_key = None
+            if self.rngs is not None and STREAM in vars(self.rngs):
+                stream = getattr(self.rngs, STREAM)
+                count = stream.count.get_value()
+                rng_key = stream_keys(stream.key.get_value(), count, n)
+                stream.count.set_value(count + jnp.uint32(n))
+            s = self.state.get_value()
+            self.state.set_value(
+                {**s, "index": s["index"] + n, "global_step": s["global_step"] + n}
+            )
+        return build_batch(keys, s, self.shard_id, rng_key, source_info)
 
     def next_epoch(self) -> None:
         """Advances to the next epoch: ``epoch + 1``, ``index`` back to 0."""

@@ -10,14 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from datarax.core._checks import (
-    check_count,
-    check_counter,
-    check_rng_key,
-    check_source_info,
-    tree_equal,
-)
-from datarax.core._keys import MAX_KEY_LENGTH, decode_key, encode_key
+from datarax.core._checks import check_counter, check_source_info, tree_equal
+from datarax.core._keys import MAX_KEY_LENGTH, check_encoded, decode_key, encode_key
+from datarax.core._rng import check_rng_key, split_rng
 from datarax.core._static import StaticInfo
 
 _LEAF_FIELDS = ("index", "epoch", "global_step", "batch_idx", "shard_id", "rng_key", "_encoded_key")
@@ -45,11 +40,12 @@ class Metadata:
         shard_id: Optional shard identifier for distributed processing.
         rng_key: Optional JAX random key (typed or raw) for stateless random operations.
         _encoded_key: The record key as a ``uint8`` array of shape ``(128,)``: its UTF-8
-            bytes, zero-padded. Set it through ``key=``; read it back with
-            :attr:`entry_key`.
+            bytes, zero-padded (``(..., 128)`` for a batch of keys, one row per key). Set
+            it through ``key=``; read it back with :attr:`entry_key`.
         source_info: Optional dictionary of source-specific metadata (static).
-        key (str | None): Init-only record key text, at most 128 UTF-8 bytes, stored as
-            ``_encoded_key``.
+        key (str | numpy.ndarray | None): Init-only record key text, at most 128 UTF-8
+            bytes, stored as ``_encoded_key``; or a NumPy array of such texts (a batch),
+            stored as one row per key.
 
     Examples:
         >>> import jax
@@ -71,9 +67,9 @@ class Metadata:
     rng_key: jax.Array | None = None
     _encoded_key: jax.Array | None = None
     source_info: dict[str, Any] | None = None
-    key: dataclasses.InitVar[str | None] = None
+    key: dataclasses.InitVar[str | np.ndarray | None] = None
 
-    def __post_init__(self, key: str | None) -> None:
+    def __post_init__(self, key: str | np.ndarray | None) -> None:
         for name in _COUNTERS:
             check_counter(name, getattr(self, name))
         for name in _OPTIONAL_COUNTERS:
@@ -90,8 +86,9 @@ class Metadata:
             _check_encoded_key(self._encoded_key)
 
     @property
-    def entry_key(self) -> str | None:
-        """The record key as text; ``None`` without a key.
+    def entry_key(self) -> str | np.ndarray | None:
+        """The record key as text; ``None`` without a key; a NumPy array of ``str`` for a
+        batch of keys (``_encoded_key`` of shape ``(..., 128)``).
 
         Inside a JAX transformation the key is a tracer with no bytes to decode: then this
         returns ``'<traced key: cannot be decoded inside a JAX transformation>'`` instead of
@@ -150,10 +147,7 @@ class Metadata:
         Returns:
             ``list(jax.random.split(rng_key, num))``, or ``[None] * num`` without a key.
         """
-        num = check_count("num", num)
-        if self.rng_key is None:
-            return [None] * num
-        return list(jax.random.split(self.rng_key, num))
+        return split_rng(self.rng_key, num)
 
     def next_rng(self) -> Metadata:
         """Returns a copy whose ``rng_key`` is the second half of ``split(rng_key, 2)``.
@@ -274,9 +268,11 @@ def _check_encoded_key(value: Any) -> None:
     ):
         found = f"{getattr(value, 'dtype', type(value).__name__)} {np.shape(value)}"
         raise TypeError(
-            f"_encoded_key must be a uint8 array of shape ({MAX_KEY_LENGTH},), got {found}; "
-            "pass the text as key= instead."
+            f"_encoded_key must be a uint8 array of shape (..., {MAX_KEY_LENGTH}), got "
+            f"{found}; pass the text as key= instead."
         )
+    if not isinstance(value, jax.Array) or value.is_fully_addressable:
+        check_encoded(np.asarray(value))  # so that entry_key, repr and to_dict never fail
 
 
 def _flatten_with_keys(m: Metadata) -> tuple[tuple[tuple[GetAttrKey, Any], ...], StaticInfo]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 from flax import nnx
 
 from datarax.core._lock import POSITION_LOCK
 from datarax.core._manager import MetadataManager
+from datarax.core._variables import read, write
 
 STATE_KEYS = ("global_step", "epoch", "index", "batch_idx")
 """The keys of ``MetadataManager.state``."""
@@ -51,18 +51,6 @@ class Position:
     streams: dict[str, StreamPosition] | None
 
 
-def _get(variable: nnx.Variable) -> Any:
-    """The Variable's value, through its ``on_get_value`` hooks where it has some."""
-    if variable.get_metadata("on_get_value", None) is not None:
-        return variable.get_value()
-    value = variable.get_raw_value()
-    if isinstance(value, np.ndarray):  # NumPy arrays are mutable: copy
-        return value.copy()
-    if type(value) is dict:
-        return dict(value)
-    return value
-
-
 def read_position(manager: MetadataManager) -> Position:
     """A copy of ``manager``'s position, all of it from one instant.
 
@@ -83,12 +71,12 @@ def read_position(manager: MetadataManager) -> Position:
         (1, 1)
     """
     with POSITION_LOCK:
-        state = _get(manager.state)
+        state = read(manager.state)
         rngs = manager.rngs
         streams = None
         if rngs is not None:
             streams = {
-                name: StreamPosition(_get(stream.key), _get(stream.count))
+                name: StreamPosition(read(stream.key), read(stream.count))
                 for name, stream in rngs.items()
             }
         return Position(state, manager.shard_id, manager.track_batches, streams)
@@ -120,10 +108,10 @@ def build_manager(position: Position) -> MetadataManager:
         rngs = nnx.Rngs(**{name: 0 for name in position.streams})
         for name, stream in position.streams.items():
             held = getattr(rngs, name)
-            held.key.set_raw_value(stream.key)
-            held.count.set_raw_value(stream.count)
+            write(held.key, stream.key)
+            write(held.count, stream.count)
     manager = MetadataManager(
         rngs=rngs, track_batches=position.track_batches, shard_id=position.shard_id
     )
-    manager.state.set_raw_value({k: position.state[k] for k in STATE_KEYS})
+    write(manager.state, {k: position.state[k] for k in STATE_KEYS})
     return manager

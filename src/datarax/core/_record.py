@@ -9,14 +9,9 @@ import jax
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from datarax.core._checks import (
-    check_count,
-    check_counter,
-    check_rng_key,
-    check_source_info,
-    tree_equal,
-)
-from datarax.core._keys import MAX_KEY_LENGTH, decode_key, encode_key_bytes
+from datarax.core._checks import check_counter, check_source_info, tree_equal
+from datarax.core._keys import decode_key, encode_key_bytes, encode_key_rows
+from datarax.core._rng import check_rng_key, split_rng
 from datarax.core._static import StaticInfo
 
 _LEAF_FIELDS = ("index", "record_key", "rng_key", "epoch", "global_step", "batch_idx", "shard_id")
@@ -113,10 +108,7 @@ class RecordMetadata:
         Returns:
             ``list(jax.random.split(rng_key, num))``, or ``[None] * num`` without a key.
         """
-        num = check_count("num", num)
-        if self.rng_key is None:
-            return [None] * num
-        return list(jax.random.split(self.rng_key, num))
+        return split_rng(self.rng_key, num)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -148,8 +140,7 @@ def _key_leaf(record_key: Any, tag: str | None) -> tuple[str | None, Any]:
     if isinstance(record_key, str):
         return "str", encode_key_bytes(record_key)
     if isinstance(record_key, np.ndarray) and record_key.dtype.kind == "U":
-        encoded = np.stack([encode_key_bytes(str(k)) for k in record_key.reshape(-1)])
-        return "str_array", encoded.reshape(*record_key.shape, MAX_KEY_LENGTH)
+        return "str_array", encode_key_rows(record_key)
     return None, record_key
 
 
@@ -159,10 +150,7 @@ def _key_from_leaf(tag: str | None, leaf: Any) -> tuple[Any, str | None]:
         return leaf, None
     if not isinstance(leaf, jax.Array | np.ndarray) or isinstance(leaf, jax.core.Tracer):
         return leaf, tag
-    if tag == "str":
-        return decode_key(leaf), None
-    rows = np.asarray(leaf).reshape(-1, MAX_KEY_LENGTH)
-    return np.array([decode_key(row) for row in rows]).reshape(leaf.shape[:-1]), None
+    return decode_key(leaf), None
 
 
 def _flatten_with_keys(r: RecordMetadata) -> tuple[tuple[tuple[Any, Any], ...], Any]:

@@ -1,0 +1,47 @@
+"""Reading and writing ``nnx.Variable`` values: Flax's public API, and one rule for hooks.
+
+The rule: a Variable with an ``on_get_value`` or ``on_set_value`` hook is always read with
+``get_value()`` and written with ``set_value()``, so that its hooks run; any other Variable
+is read with ``get_raw_value()`` (no copy) and written with ``set_raw_value()`` (no copy,
+but Flax's check that it is not updated from another trace level still runs). Both are
+Flax's public API (0.12.8); nothing here touches a Variable's private attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+HOOKS = ("on_get_value", "on_set_value")
+"""The Variable metadata entries that make a Variable go through ``get_value``/``set_value``."""
+
+
+def has_hooks(variable: nnx.Variable) -> bool:
+    """Whether ``variable`` has an ``on_get_value`` or ``on_set_value`` hook."""
+    metadata = variable.get_metadata()
+    return "on_get_value" in metadata or "on_set_value" in metadata
+
+
+def read(variable: nnx.Variable) -> Any:
+    """``variable``'s value, as a copy the caller may keep: through ``get_value`` (its hooks
+    run, its copy is the caller's) where it has hooks, else the raw value with its mutable
+    containers (NumPy arrays, dicts) copied."""
+    if has_hooks(variable):
+        return variable.get_value()
+    value = variable.get_raw_value()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if type(value) is dict:
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in value.items()}
+    return value
+
+
+def write(variable: nnx.Variable, value: Any) -> None:
+    """Sets ``variable`` to ``value``: through ``set_value`` where it has hooks, else
+    ``set_raw_value``."""
+    if has_hooks(variable):
+        variable.set_value(value)
+    else:
+        variable.set_raw_value(value)

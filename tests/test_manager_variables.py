@@ -1,0 +1,125 @@
+"""How a MetadataManager treats its Variables: hooks, nnx transforms, plain jax.jit.
+
+One rule: a Variable with an ``on_get_value``/``on_set_value`` hook always goes through
+``get_value``/``set_value``, so its hooks see every read and write; the fast path is only
+for Variables without hooks.
+"""
+
+import flax.errors
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from datarax.core._position import build_manager, read_position
+from datarax.core.metadata import MetadataManager
+
+
+def kd(key):
+    return np.asarray(jax.random.key_data(key))
+
+
+def _plain(x):
+    """Integer scalars as ints, so that hook calls compare with lists of ints."""
+    integer = isinstance(x, int) or jax.numpy.issubdtype(getattr(x, "dtype", object), np.integer)
+    return int(x) if integer and np.ndim(x) == 0 else x
+
+
+def _recorder(calls):
+    def hook(variable, value):
+        calls.append(jax.tree.map(_plain, value))
+        return value
+
+    return hook
+
+
+def _hooked_variable(manager, where):
+    stream = manager.rngs.metadata
+    return {"state": manager.state, "count": stream.count, "key": stream.key}[where]
+
+
+def _create(manager):
+    records = [manager.create_metadata(i, source_info={"i": i}) for i in range(3)]
+    batch = manager.create_batch_metadata([3, 4])
+    return records, batch
+
+
+@pytest.mark.parametrize("where", ["state", "count", "key"])
+def test_a_variable_with_hooks_sees_every_read_and_write(where):
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=3), track_batches=True)
+    twin = MetadataManager(rngs=nnx.Rngs(metadata=3), track_batches=True)
+    sets, gets = [], []
+    _hooked_variable(manager, where).set_metadata(
+        on_set_value=_recorder(sets), on_get_value=_recorder(gets)
+    )
+    records, batch = _create(manager)
+    expected, expected_batch = _create(twin)
+    for r, e in zip(records, expected, strict=True):
+        assert (r.index, r.global_step, r.batch_idx) == (e.index, e.global_step, e.batch_idx)
+        np.testing.assert_array_equal(kd(r.rng_key), kd(e.rng_key))
+    np.testing.assert_array_equal(np.asarray(batch.index), expected_batch.index)
+    np.testing.assert_array_equal(kd(batch.rng_key), kd(expected_batch.rng_key))
+    # Every write of the hooked Variable went through set_value: 3 records and 1 batch.
+    if where == "state":
+        assert [s["index"] for s in sets] == [1, 2, 3, 5]
+        assert [s["global_step"] for s in sets] == [1, 2, 3, 5]
+    elif where == "count":
+        assert sets == [1, 2, 3, 5]
+    else:
+        assert sets == []  # the key is read, never written
+        assert len(gets) == 4  # 3 stream calls and 1 batch read it through get_value
+    reads = len(gets)
+    position = read_position(manager)  # the snapshot reads through get_value too
+    assert len(gets) == reads + 1
+    expected_position = read_position(twin)
+    assert position.state == expected_position.state
+    count = position.streams["metadata"].count
+    assert int(count) == int(expected_position.streams["metadata"].count) == 5
+
+
+def test_a_manager_built_from_a_position_continues_like_the_original():
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=2, params=1), shard_id=4)
+    _create(manager)
+    twin = build_manager(read_position(manager))
+    a, b = manager.create_metadata(9), twin.create_metadata(9)
+    assert (a.index, a.global_step, a.shard_id) == (b.index, b.global_step, b.shard_id)
+    np.testing.assert_array_equal(kd(a.rng_key), kd(b.rng_key))
+
+
+@pytest.mark.parametrize("keys", [[7, 8, 9], ["a", "bb", "c"]])
+def test_a_batch_inside_nnx_jit_equals_records_outside(keys):
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=4), track_batches=True, shard_id=1)
+    twin = MetadataManager(rngs=nnx.Rngs(metadata=4), track_batches=True, shard_id=1)
+
+    @nnx.jit
+    def batch(m):
+        return m.create_batch_metadata(keys, source_info={"in": "jit"})
+
+    got = [batch(manager), batch(manager)]
+    expected = [twin.create_metadata(k, source_info={"in": "jit"}) for k in keys + keys]
+    for i, e in enumerate(expected):
+        b, j = got[i // len(keys)], i % len(keys)
+        assert b.source_info == e.source_info
+        assert b.record_key[j] == e.record_key
+        fields = ("index", "epoch", "global_step", "batch_idx", "shard_id")
+        assert [int(getattr(b, f)[j]) for f in fields] == [getattr(e, f) for f in fields]
+        np.testing.assert_array_equal(kd(b.rng_key[j]), kd(e.rng_key))
+    position, expected_position = read_position(manager), read_position(twin)
+    assert {k: int(v) for k, v in position.state.items()} == expected_position.state
+    assert int(position.streams["metadata"].count) == 6
+    after = manager.create_batch_metadata(keys)  # and outside the transform again
+    np.testing.assert_array_equal(kd(after.rng_key), kd(twin.create_batch_metadata(keys).rng_key))
+
+
+@pytest.mark.parametrize(
+    "create", [lambda m: m.create_metadata(1), lambda m: m.create_batch_metadata([1, 2])]
+)
+def test_a_plain_jit_closure_is_refused_and_changes_nothing(create):
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
+    manager.create_metadata(0)
+    before = read_position(manager)
+    with pytest.raises(flax.errors.TraceContextError):
+        jax.jit(lambda: create(manager).index)()
+    after = read_position(manager)
+    assert after.state == before.state
+    assert int(after.streams["metadata"].count) == int(before.streams["metadata"].count) == 1
