@@ -12,6 +12,7 @@ a position, leaving every existing object untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from flax import nnx
@@ -103,15 +104,23 @@ def build_manager(position: Position) -> MetadataManager:
         >>> a.index == b.index, bool((a.rng_key == b.rng_key).all())
         (True, True)
     """
-    rngs = None
+    names = None if position.streams is None else tuple(position.streams)
+    graphdef, state = _skeleton(names, position.track_batches)
+    manager = nnx.merge(graphdef, state, copy=True)  # new Variables, nothing shared
+    if position.shard_id is not None:
+        manager.shard_id = position.shard_id
     if position.streams is not None:
-        rngs = nnx.Rngs(**{name: 0 for name in position.streams})
         for name, stream in position.streams.items():
-            held = getattr(rngs, name)
+            held = getattr(manager.rngs, name)
             write(held.key, stream.key)
             write(held.count, stream.count)
-    manager = MetadataManager(
-        rngs=rngs, track_batches=position.track_batches, shard_id=position.shard_id
-    )
     write(manager.state, {k: position.state[k] for k in STATE_KEYS})
     return manager
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(names: tuple[str, ...] | None, track_batches: bool) -> tuple[Any, Any]:
+    """``nnx.split`` of a manager with these streams and ``track_batches``: a restore merges
+    a copy of it (a few times cheaper than building ``nnx.Rngs`` and the manager anew)."""
+    rngs = None if names is None else nnx.Rngs(**dict.fromkeys(names, 0))
+    return nnx.split(MetadataManager(rngs=rngs, track_batches=track_batches))
