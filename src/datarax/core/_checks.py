@@ -58,6 +58,9 @@ def _leaf_equal(x: Any, y: Any) -> bool:
 
 def tree_equal(a: Any, b: Any) -> bool:
     """Exact equality of two pytrees: same structure, same leaf types, dtypes and values."""
+    # jax annotates treedefs as PyTreeDef, an alias mypy cannot resolve; they compare as objects.
+    tree_a: object
+    tree_b: object
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
     return tree_a == tree_b and all(map(_leaf_equal, leaves_a, leaves_b))

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from datarax.core._checks import check_counter
+from datarax.core._jit import typed_jit
 from datarax.core._metadata import Metadata
 from datarax.core._rng import split_rng
 
@@ -117,7 +118,7 @@ def batch_metadata(metadata_list: list[Metadata]) -> Metadata:
     )
 
 
-@jax.jit
+@typed_jit()
 def _update_metadata_batch(metadata: Metadata, batch_size: Any) -> Metadata:
     batch_idx = 1 if metadata.batch_idx is None else metadata.batch_idx + 1
     return metadata.replace(global_step=metadata.global_step + batch_size, batch_idx=batch_idx)

@@ -23,7 +23,7 @@ REMOTE_KEY = "<key held by other processes: cannot be decoded on this one>"
 fully addressable from this process."""
 
 
-def encode_key_bytes(key: str) -> np.ndarray:
+def encode_key_bytes(key: object) -> np.ndarray:
     """Encodes ``key`` as a zero-padded NumPy ``uint8`` array of shape ``(128,)``.
 
     Raises:

@@ -16,7 +16,6 @@ so deriving keys never holds up a thread that creates records or saves.
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any
 
@@ -24,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from datarax.core._cache import IdentityCache
+from datarax.core._jit import typed_jit
 from datarax.core._rng import is_key
 from datarax.core._variables import has_hooks
 
@@ -38,16 +39,16 @@ _MAX_WINDOW_KEYS = 4096  # keys in a window of batches at most (one batch if it 
 _KEPT = 3  # windows kept per stream
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def fold_in_range(key: jax.Array, start: jax.Array, size: int) -> jax.Array:
+@typed_jit(static_argnums=2)
+def fold_in_range(key: jax.Array, start: ArrayLike, size: int) -> jax.Array:
     """``fold_in(key, c)`` for ``c`` in ``start, start + 1, ..., start + size - 1`` (mod 2**32)."""
     counts = start + jnp.arange(size, dtype=jnp.uint32)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, counts)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@typed_jit(static_argnums=(2, 3))
 def fold_in_batches(
-    key: jax.Array, start: jax.Array, size: int, count: int
+    key: jax.Array, start: ArrayLike, size: int, count: int
 ) -> tuple[jax.Array, ...]:
     """``count`` arrays of ``size`` keys each, for consecutive counts from ``start``: the
     keys of ``count`` consecutive batches, derived in one call."""
@@ -89,6 +90,7 @@ class KeyStream:
             if found is not None:
                 return found
             first, count = self._next_window(start, step, batched)
+            items: list[jax.Array]  # iterating a key array yields its keys
             if not batched:
                 items = list(fold_in_range(self.key, np.uint32(first), count))
             else:
@@ -119,7 +121,7 @@ class KeyStream:
 _Window = tuple[int, int, bool, list[jax.Array]]
 
 
-def _find(windows: tuple[_Window, ...], start: int, step: int, batched: bool) -> Any:
+def _find(windows: tuple[_Window, ...], start: int, step: int, batched: bool) -> jax.Array | None:
     for first, held_step, held_batched, items in windows:
         offset = start - first
         same = held_step == step and held_batched == batched
@@ -164,7 +166,8 @@ def reservable(stream: nnx.RngStream) -> tuple[KeyStream, int] | None:
     count_var, key_var = stream.count, stream.key
     if has_hooks(count_var) or has_hooks(key_var):
         return None
-    count = count_var.get_raw_value()
+    # Flax types a stream's count as a jax.Array; advance() stores a host NumPy array.
+    count: object = count_var.get_raw_value()
     if type(count) is not np.ndarray and (
         not isinstance(count, jax.Array) or isinstance(count, jax.core.Tracer)
     ):
@@ -180,4 +183,5 @@ def reservable(stream: nnx.RngStream) -> tuple[KeyStream, int] | None:
 def advance(stream: nnx.RngStream, first: int, n: int) -> None:
     """Sets the stream's count to ``first + n`` (mod 2**32), as ``n`` calls of the stream
     would: a host NumPy ``uint32`` array, so that advancing it costs no device operation."""
-    stream.count.set_raw_value(np.array((first + n) & 0xFFFFFFFF, dtype=np.uint32))
+    count: nnx.Variable[Any] = stream.count  # Flax types it Variable[jax.Array]
+    count.set_raw_value(np.array((first + n) & 0xFFFFFFFF, dtype=np.uint32))

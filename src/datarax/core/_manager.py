@@ -106,7 +106,8 @@ class MetadataManager(nnx.Module):
         self.rngs = rngs
         self.shard_id = None if shard_id is None else int(shard_id)
         self.track_batches = track_batches
-        self.state = nnx.Variable(
+        # Any: the counters are ints, or arrays/tracers once set inside nnx transforms.
+        self.state: nnx.Variable[dict[str, Any]] = nnx.Variable(
             {
                 "global_step": int(initial_step),
                 "epoch": int(initial_epoch),
@@ -196,7 +197,7 @@ class MetadataManager(nnx.Module):
                 "batch_idx": s["batch_idx"],
             }
         )
-        if rng_source is not None:
+        if stream is not None and rng_source is not None:  # rng_source implies stream
             try:
                 advance(stream, rng_source[1], n)
             except BaseException:

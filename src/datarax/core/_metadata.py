@@ -101,7 +101,9 @@ class Metadata:
             return NotImplemented
         return tree_equal(self, other)
 
-    __hash__ = None  # type: ignore[assignment]  # holds arrays, like any JAX pytree
+    # Unhashable: it holds arrays, like any JAX pytree. None is Python's way to say so, which
+    # typeshed's object.__hash__ (a method) does not allow for.
+    __hash__ = None  # type: ignore[assignment]  # None marks it unhashable, see above
 
     def __repr__(self) -> str:
         fields = [f"{n}={getattr(self, n)!r}" for n in _LEAF_FIELDS[:-1]]

@@ -106,7 +106,8 @@ def build_manager(position: Position) -> MetadataManager:
     """
     names = None if position.streams is None else tuple(position.streams)
     graphdef, state = _skeleton(names, position.track_batches)
-    manager = nnx.merge(graphdef, state, copy=True)  # new Variables, nothing shared
+    # New Variables, nothing shared with the skeleton.
+    manager: MetadataManager = nnx.merge(graphdef, state, copy=True)
     if position.shard_id is not None:
         manager.shard_id = position.shard_id
     if position.streams is not None:

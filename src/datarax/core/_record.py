@@ -115,7 +115,8 @@ class RecordMetadata:
             return NotImplemented
         return tree_equal(self, other)
 
-    __hash__ = None  # type: ignore[assignment]
+    # Unhashable (it holds arrays); typeshed types object.__hash__ as a method, not None.
+    __hash__ = None  # type: ignore[assignment]  # None marks it unhashable, see above
 
     def __getstate__(self) -> dict[str, Any]:
         # copy.copy / copy.deepcopy: carry the derived key, not the pending reference.
@@ -127,7 +128,7 @@ class RecordMetadata:
 
 # Installed after the dataclass is built, so that its signature shows the default ``None``;
 # __init__ still stores rng_key through the descriptor.
-RecordMetadata.rng_key = _LazyRngKey()  # type: ignore[assignment]
+RecordMetadata.rng_key = _LazyRngKey()  # type: ignore[assignment]  # a descriptor for the field
 
 
 def _key_leaf(record_key: Any, tag: str | None) -> tuple[str | None, Any]:

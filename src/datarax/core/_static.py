@@ -44,7 +44,7 @@ class StaticInfo:
             return NotImplemented
         if self._frozen is None or other._frozen is None:
             return self.value is other.value
-        return self._frozen == other._frozen
+        return bool(self._frozen == other._frozen)
 
     def __hash__(self) -> int:
         return hash(self._frozen) if self._frozen is not None else id(self.value)

@@ -18,13 +18,13 @@ HOOKS = ("on_get_value", "on_set_value")
 """The Variable metadata entries that make a Variable go through ``get_value``/``set_value``."""
 
 
-def has_hooks(variable: nnx.Variable) -> bool:
+def has_hooks(variable: nnx.Variable[Any]) -> bool:
     """Whether ``variable`` has an ``on_get_value`` or ``on_set_value`` hook."""
     metadata = variable.get_metadata()
     return "on_get_value" in metadata or "on_set_value" in metadata
 
 
-def read(variable: nnx.Variable) -> Any:
+def read(variable: nnx.Variable[Any]) -> Any:
     """``variable``'s value, as a copy the caller may keep: through ``get_value`` (its hooks
     run, its copy is the caller's) where it has hooks, else the raw value with its mutable
     containers (NumPy arrays, dicts) copied."""
@@ -38,7 +38,7 @@ def read(variable: nnx.Variable) -> Any:
     return value
 
 
-def write(variable: nnx.Variable, value: Any) -> None:
+def write(variable: nnx.Variable[Any], value: Any) -> None:
     """Sets ``variable`` to ``value``: through ``set_value`` where it has hooks, else
     ``set_raw_value``."""
     if has_hooks(variable):
