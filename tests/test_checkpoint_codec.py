@@ -154,18 +154,21 @@ trees = st.recursive(
 )
 
 
-@given(trees)
-def test_metadata_trees_round_trip_exactly_through_a_document(tree):
+@given(trees, st.sampled_from([None, -1]))
+def test_metadata_trees_round_trip_exactly_through_a_document(tree, threshold):
     encoded = encode_item(tree)
     assert encoded.global_arrays == {}
-    doc = loads_document(dumps_document(encoded.doc), "memory")
-    assert_exact(decode_item(doc, "memory"), tree)
-    assert_exact(decode_item(doc, "memory", tree), tree)
+    doc, parts = encoded.finish() if threshold is None else encoded.finish(threshold)
+    assert ("blob" in doc) == (threshold == -1 and bool(encoded.host_arrays))
+    blob = bytearray(b"".join(bytes(p) for p in parts)) if "blob" in doc else None
+    doc = loads_document(dumps_document(doc), "memory")
+    assert_exact(decode_item(doc, "memory", blob=blob), tree)
+    assert_exact(decode_item(doc, "memory", tree, blob=blob), tree)
 
 
 def test_a_jax_counter_stays_a_jax_array_and_ints_stay_ints():
     m = Metadata(index=jnp.int32(3), epoch=2, global_step=np.int64(1))
-    out = decode_item(encode_item(m).doc, "memory")
+    out = decode_item(encode_item(m).finish()[0], "memory")
     assert isinstance(out.index, jax.Array) and out.index.dtype == jnp.int32
     assert type(out.epoch) is int
     assert type(out.global_step) is np.int64

@@ -25,6 +25,7 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
+from datarax.checkpoint.integrity import FORMAT_VERSION
 from datarax.core.metadata import Metadata, MetadataManager
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v1"
@@ -93,8 +94,9 @@ def _set_header_version(path: epath.Path, version: int) -> None:
 
 def test_a_newer_format_version_is_a_clear_error(tmp_path):
     directory = _copy_fixture("manager", tmp_path)
-    _set_header_version(directory / "process_0.jsonl", 2)
-    with pytest.raises(MetadataCheckpointError, match=r"format version 2, newer .*\(up to 1\)"):
+    _set_header_version(directory / "process_0.jsonl", FORMAT_VERSION + 1)
+    newer = rf"format version {FORMAT_VERSION + 1}, newer .*\(up to {FORMAT_VERSION}\)"
+    with pytest.raises(MetadataCheckpointError, match=newer):
         MetadataManagerCheckpointHandler().restore(
             directory, MetadataManagerRestore(_fixture_manager())
         )

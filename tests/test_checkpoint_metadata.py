@@ -95,7 +95,7 @@ def test_round_trip_through_checkpoint_manager(tmp_path, name):
         )
         described = mngr.item_metadata(3)["meta"]
     assert_exact(restored["meta"], item)
-    assert described["format_version"] == 1
+    assert described["format_version"] == 2
     assert described["process_count"] == 1
     assert described["restorable_without_target"] is True
 

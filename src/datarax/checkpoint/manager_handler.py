@@ -14,6 +14,7 @@ from datarax.checkpoint.integrity import (
     read_process_document,
     write_document,
     write_document_async,
+    write_item_manifest,
 )
 from datarax.checkpoint.manager_codec import (
     KIND,
@@ -98,6 +99,13 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         check_args("MetadataManagerCheckpointHandler", "save", args, MetadataManagerSave, "manager")
         doc = args.take_snapshot()
         write_document(epath.Path(directory) / process_file_name(doc["process_index"]), doc)
+        if doc["process_count"] == 1:  # complete: Orbax's finalize writes the same manifest
+            write_item_manifest(directory)
+
+    def finalize(self, directory: epath.Path) -> None:
+        """Writes ``item_manifest.jsonl``, which ties every process's file to this save.
+        Orbax calls this on its primary process once every process has committed."""
+        write_item_manifest(directory)
 
     def restore(self, directory: epath.Path, args: MetadataManagerRestore) -> MetadataManager:
         """Restores this process's saved state into ``args.manager`` and returns it.

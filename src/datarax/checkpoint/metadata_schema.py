@@ -1,0 +1,145 @@
+"""The shape of a Metadata document, checked before anything in it is used.
+
+A checksum only proves that a file is the one its header vouches for, not that a datarax
+wrote it: a crafted document with a valid header must be refused as strictly as the
+``Metadata`` constructor refuses bad arguments, naming the field, and nothing in it is
+coerced (a float, bool or string where an int belongs is an error, not a conversion).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from datarax.checkpoint.documents import damaged
+
+KIND = "Metadata"
+FIELDS = ("index", "epoch", "global_step", "batch_idx", "shard_id", "rng_key", "_encoded_key")
+_COUNTERS = ("index", "epoch", "global_step", "batch_idx", "shard_id")
+_REQUIRED = {"format_version", "kind", "process_index", "process_count", "nodes", "structure"}
+_OPTIONAL = {"save", "blob", "structure_note"}
+_CONTAINERS = ("numpy", "numpy_scalar", "jax")
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+_DTYPES = ("bool", *_INT_DTYPES, "float16", "float32", "float64")
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return type(value) is int and value >= low
+
+
+def check_document(doc: dict[str, Any], where: str) -> None:
+    """Checks every part of a Metadata document except ``source_info`` and ``structure``
+    (checked as they are decoded).
+
+    Raises:
+        MetadataCheckpointError: The first thing that is not what the encoder writes,
+            naming its node and field.
+    """
+    keys = set(doc)
+    if not _REQUIRED <= keys <= _REQUIRED | _OPTIONAL:
+        raise damaged(
+            where, f"the Metadata document has keys {sorted(keys)[:12]}, expected "
+            f"{sorted(_REQUIRED)} (and optionally {sorted(_OPTIONAL)})"
+        )  # fmt: skip
+    if not (_is_int(doc["process_index"]) and _is_int(doc["process_count"], 1)):
+        raise damaged(where, "process_index or process_count is not a valid int")
+    blob = doc.get("blob")
+    if blob is not None and not (
+        type(blob) is dict and set(blob) == {"size", "sha256"} and _is_int(blob["size"])
+    ):
+        raise damaged(where, "its 'blob' entry is malformed")
+    nodes = doc["nodes"]
+    if type(nodes) is not list:
+        raise damaged(where, "'nodes' is not a list")
+    for node in nodes:
+        if type(node) is not dict or set(node) != {"path", "fields", "source_info"}:
+            raise damaged(where, f"malformed node {str(node)[:60]!r}")
+        if type(node["path"]) is not str or type(node["fields"]) is not dict:
+            raise damaged(where, f"malformed node {str(node)[:60]!r}")
+        at = f"item{node['path'][:200]}"
+        if tuple(node["fields"]) != FIELDS:
+            raise damaged(where, f"{at}: fields {list(node['fields'])[:10]}, expected {FIELDS}")
+        for name, entry in node["fields"].items():
+            why = _check_field(name, entry, blob)
+            if why is not None:
+                raise damaged(where, f"{at}.{name}: {why}")
+
+
+def _check_field(name: str, entry: Any, blob: Any) -> str | None:
+    """Why ``entry`` is not a valid saved value of field ``name``, or ``None``."""
+    if entry is None:
+        return None if name in ("batch_idx", "shard_id", "rng_key", "_encoded_key") else (
+            "None, but this field is a required counter (an int or an integer array)"
+        )  # fmt: skip
+    if type(entry) is not dict or len(entry) != 1:
+        return f"malformed entry {str(entry)[:60]!r}"
+    ((how, value),) = entry.items()
+    if how == "int":
+        if name not in _COUNTERS:
+            return "saved as an int, but this field holds arrays"
+        if not _is_int(value):
+            return f"{str(value)[:40]!r} is not a non-negative int (nothing is coerced)"
+        return None
+    if how == "array":
+        if name == "rng_key":
+            return "saved as a plain array, but rng_key entries are keys"
+        why = _check_array(value, blob)
+        if why is not None:
+            return why
+        if name in _COUNTERS and value["dtype"] not in _INT_DTYPES:
+            return f"an array of dtype {value['dtype']}, but a counter must be an integer array"
+        if name == "_encoded_key" and (value["dtype"] != "uint8" or value["shape"][-1:] != [128]):
+            return f"a {value['dtype']}{value['shape']} array, expected uint8 of shape [..., 128]"
+        return None
+    if how == "key":
+        if name != "rng_key":
+            return "saved as a key, but only rng_key holds keys"
+        return _check_key(value, blob)
+    return f"unknown entry {how[:20]!r}"
+
+
+def _check_key(key: Any, blob: Any) -> str | None:
+    if type(key) is not dict or set(key) != {"typed", "impl", "data"}:
+        return f"malformed key entry {str(key)[:60]!r}"
+    if type(key["typed"]) is not bool:
+        return f"'typed' is {str(key['typed'])[:20]!r}, not a bool"
+    if key["typed"] and (type(key["impl"]) is not str or not key["impl"]):
+        return f"a typed key must name its impl, found {str(key['impl'])[:20]!r}"
+    if not key["typed"] and key["impl"] is not None:
+        return "a raw key has no impl"
+    why = _check_array(key["data"], blob)
+    if why is not None:
+        return why
+    if key["data"]["dtype"] != "uint32":
+        return f"key data of dtype {key['data']['dtype']}, expected uint32"
+    return None
+
+
+def _check_array(arr: Any, blob: Any) -> str | None:
+    if type(arr) is not dict:
+        return f"malformed array entry {str(arr)[:60]!r}"
+    sources = [k for k in ("data", "blob", "global") if k in arr]
+    if len(sources) != 1 or set(arr) != {"container", "dtype", "shape", sources[0]}:
+        return f"malformed array entry with keys {sorted(arr)[:8]}"
+    if arr["container"] not in _CONTAINERS:
+        return f"unknown container {str(arr['container'])[:20]!r}"
+    if arr["dtype"] not in _DTYPES:
+        return f"unsupported dtype {str(arr['dtype'])[:20]!r}"
+    shape = arr["shape"]
+    if type(shape) is not list or not all(_is_int(n) for n in shape) or len(shape) > 32:
+        return f"malformed shape {str(shape)[:40]!r}"
+    if arr["container"] == "numpy_scalar" and shape:
+        return "a NumPy scalar with a shape"
+    if "data" in arr and type(arr["data"]) is not str:
+        return "array data is not a base64 string"
+    if "global" in arr and (type(arr["global"]) is not str or arr["container"] != "jax"):
+        return "a global array must be a named JAX array"
+    if "blob" in arr:
+        span = arr["blob"]
+        if type(span) is not list or len(span) != 2 or not all(_is_int(n) for n in span):
+            return f"malformed blob range {str(span)[:40]!r}"
+        nbytes = int(np.prod(shape, dtype=object)) * np.dtype(arr["dtype"]).itemsize
+        if span[1] != nbytes or blob is None or span[0] + span[1] > blob["size"]:
+            return f"blob range {span} does not hold a {arr['dtype']}{shape} array in the blob"
+    return None
