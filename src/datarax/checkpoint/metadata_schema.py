@@ -24,6 +24,11 @@ _INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "
 _DTYPES = ("bool", *_INT_DTYPES, "float16", "float32", "float64")
 
 
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _is_int(value: Any, low: int = 0) -> bool:
     return type(value) is int and value >= low
 
@@ -54,9 +59,9 @@ def check_document(doc: dict[str, Any], where: str) -> None:
         raise damaged(where, "'nodes' is not a list")
     for node in nodes:
         if type(node) is not dict or set(node) != {"path", "fields", "source_info"}:
-            raise damaged(where, f"malformed node {str(node)[:60]!r}")
+            raise damaged(where, f"malformed node {_show(node)}")
         if type(node["path"]) is not str or type(node["fields"]) is not dict:
-            raise damaged(where, f"malformed node {str(node)[:60]!r}")
+            raise damaged(where, f"malformed node {_show(node)}")
         at = f"item{node['path'][:200]}"
         if tuple(node["fields"]) != FIELDS:
             raise damaged(where, f"{at}: fields {list(node['fields'])[:10]}, expected {FIELDS}")
@@ -73,13 +78,13 @@ def _check_field(name: str, entry: Any, blob: Any) -> str | None:
             "None, but this field is a required counter (an int or an integer array)"
         )  # fmt: skip
     if type(entry) is not dict or len(entry) != 1:
-        return f"malformed entry {str(entry)[:60]!r}"
+        return f"malformed entry {_show(entry)}"
     ((how, value),) = entry.items()
     if how == "int":
         if name not in _COUNTERS:
             return "saved as an int, but this field holds arrays"
         if not _is_int(value):
-            return f"{str(value)[:40]!r} is not a non-negative int (nothing is coerced)"
+            return f"{_show(value)} is not a non-negative int (nothing is coerced)"
         return None
     if how == "array":
         if name == "rng_key":
@@ -101,11 +106,11 @@ def _check_field(name: str, entry: Any, blob: Any) -> str | None:
 
 def _check_key(key: Any, blob: Any) -> str | None:
     if type(key) is not dict or set(key) != {"typed", "impl", "data"}:
-        return f"malformed key entry {str(key)[:60]!r}"
+        return f"malformed key entry {_show(key)}"
     if type(key["typed"]) is not bool:
-        return f"'typed' is {str(key['typed'])[:20]!r}, not a bool"
+        return f"'typed' is {_show(key['typed'])}, not a bool"
     if key["typed"] and (type(key["impl"]) is not str or not key["impl"]):
-        return f"a typed key must name its impl, found {str(key['impl'])[:20]!r}"
+        return f"a typed key must name its impl, found {_show(key['impl'])}"
     if not key["typed"] and key["impl"] is not None:
         return "a raw key has no impl"
     why = _check_array(key["data"], blob)
@@ -118,17 +123,17 @@ def _check_key(key: Any, blob: Any) -> str | None:
 
 def _check_array(arr: Any, blob: Any) -> str | None:
     if type(arr) is not dict:
-        return f"malformed array entry {str(arr)[:60]!r}"
+        return f"malformed array entry {_show(arr)}"
     sources = [k for k in ("data", "blob", "global") if k in arr]
     if len(sources) != 1 or set(arr) != {"container", "dtype", "shape", sources[0]}:
         return f"malformed array entry with keys {sorted(arr)[:8]}"
     if arr["container"] not in _CONTAINERS:
-        return f"unknown container {str(arr['container'])[:20]!r}"
+        return f"unknown container {_show(arr['container'])}"
     if arr["dtype"] not in _DTYPES:
-        return f"unsupported dtype {str(arr['dtype'])[:20]!r}"
+        return f"unsupported dtype {_show(arr['dtype'])}"
     shape = arr["shape"]
     if type(shape) is not list or not all(_is_int(n) for n in shape) or len(shape) > 32:
-        return f"malformed shape {str(shape)[:40]!r}"
+        return f"malformed shape {_show(shape)}"
     if arr["container"] == "numpy_scalar" and shape:
         return "a NumPy scalar with a shape"
     if "data" in arr and type(arr["data"]) is not str:
@@ -138,7 +143,7 @@ def _check_array(arr: Any, blob: Any) -> str | None:
     if "blob" in arr:
         span = arr["blob"]
         if type(span) is not list or len(span) != 2 or not all(_is_int(n) for n in span):
-            return f"malformed blob range {str(span)[:40]!r}"
+            return f"malformed blob range {_show(span)}"
         nbytes = int(np.prod(shape, dtype=object)) * np.dtype(arr["dtype"]).itemsize
         if span[1] != nbytes or blob is None or span[0] + span[1] > blob["size"]:
             return f"blob range {span} does not hold a {arr['dtype']}{shape} array in the blob"
