@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from typing import Any
 
 import jax
@@ -47,7 +48,7 @@ from datarax.checkpoint.decoding import (
 )
 from datarax.checkpoint.documents import process_header
 from datarax.checkpoint.errors import MetadataCheckpointError
-from datarax.checkpoint.source_info import check_int, encode_source_info
+from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
 from datarax.core.metadata import Metadata
 
@@ -139,16 +140,25 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
         >>> decode_item(doc, "example") == item
         True
     """
+    _check_depth(item)
     try:
         leaves, _ = tree_flatten_with_path(item, is_leaf=_is_metadata)
     except (TypeError, ValueError, RecursionError) as e:
         raise MetadataCheckpointError(
             f"Cannot save item: it is not a valid pytree ({str(e)[:200]}). Nothing was written."
         ) from e
+    try:
+        paths = [keystr(path) for path, _ in leaves]
+    except ValueError as e:  # str() of an int key beyond Python's digit limit
+        raise MetadataCheckpointError(
+            f"Cannot save item: one of its dict keys is an int of more than "
+            f"{sys.get_int_max_str_digits()} digits, which JSON cannot write. Nothing was "
+            "written."
+        ) from e
     nodes = []
     encoded = EncodedItem({}, [], {})
-    for i, (path, leaf) in enumerate(leaves):
-        where = "item" + keystr(path)
+    for i, ((_, leaf), path) in enumerate(zip(leaves, paths, strict=True)):
+        where = "item" + path
         if not isinstance(leaf, Metadata):
             raise MetadataCheckpointError(
                 f"Cannot save {where}: MetadataSave saves pytrees whose leaves are Metadata, "
@@ -161,7 +171,7 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
             )
         nodes.append(
             {
-                "path": keystr(path),
+                "path": path,
                 "fields": fields,
                 "source_info": encode_source_info(leaf.source_info, f"{where}.source_info"),
             }
@@ -171,6 +181,22 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
     if note is not None:
         encoded.doc["structure_note"] = note
     return encoded
+
+
+def _check_depth(item: Any) -> None:
+    """Refuses containers nested deeper than :data:`MAX_NESTING` before JAX walks them (its
+    flatten fails badly on very deep trees)."""
+    pending = [(item, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, list | tuple | dict):
+            if depth >= MAX_NESTING:
+                raise MetadataCheckpointError(
+                    f"Cannot save item: the item's containers are nested more than "
+                    f"{MAX_NESTING} levels deep (MAX_NESTING). Nothing was written."
+                )
+            values = node.values() if isinstance(node, dict) else node
+            pending.extend((value, depth + 1) for value in values)
 
 
 def _encode_field(

@@ -148,18 +148,33 @@ def _encode(value: Any, path: str, active: set[int]) -> Any:
     raise _refuse(path, value, f"a {kind.__name__}", hint)
 
 
+def show_key(key: Any) -> str:
+    """``repr(key)``, or a description where ``repr`` would fail (an int too long to print).
+
+    Examples:
+        >>> from datarax.checkpoint.source_info import show_key
+        >>> show_key("a"), show_key(10**5000)
+        ("'a'", '<an int of 16610 bits>')
+    """
+    try:
+        return repr(key)
+    except ValueError:
+        return f"<an int of {key.bit_length()} bits>"
+
+
 def _encode_dict(value: dict[Any, Any], path: str, active: set[int]) -> Any:
     if all(type(k) is str and not k.startswith("$") for k in value):
         return {
             check_str(k, f"{path} key {k!r}"): _encode(v, f"{path}[{k!r}]", active)
             for k, v in value.items()
         }
-    return {
-        _DICT: [
-            [_encode(k, f"{path} key {k!r}", active), _encode(v, f"{path}[{k!r}]", active)]
-            for k, v in value.items()
-        ]
-    }
+    pairs = []
+    for k, v in value.items():
+        shown = show_key(k)
+        pairs.append(
+            [_encode(k, f"{path} key {shown}", active), _encode(v, f"{path}[{shown}]", active)]
+        )
+    return {_DICT: pairs}
 
 
 def _too_deep(path: str) -> MetadataCheckpointError:

@@ -13,7 +13,7 @@ import jax
 from jax.tree_util import keystr
 
 from datarax.checkpoint.errors import MetadataCheckpointError
-from datarax.checkpoint.source_info import MAX_NESTING, check_int, check_str
+from datarax.checkpoint.source_info import MAX_NESTING, check_int, check_str, show_key
 from datarax.core.metadata import Metadata
 
 
@@ -33,7 +33,7 @@ def encode_structure(node: Any, path: tuple[Any, ...] = ()) -> tuple[Any, str | 
     if kind is dict and all(type(k) in (str, int) for k in node):
         items = []
         for k, v in node.items():
-            at = f"item{keystr(path)} key {k!r}"
+            at = f"item{keystr(path)} key {show_key(k)}"
             if type(k) is str:
                 check_str(k, at)
             else:
