@@ -218,14 +218,14 @@ def read_item_document(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     manifest, manifest_path = read_manifest(directory)
-    if manifest is not None and manifest["process_count"] != count:
-        raise _count_mismatch(manifest_path, manifest["process_count"], count)
     name = process_file_name(index)
     path = os.path.join(os.fspath(directory), name)
     try:
         data = read_item_file(directory, name, limit=_FILE_LIMIT)
     except MetadataCheckpointError as e:
         raise _missing_document(directory, path, index, count, e) from None
+    if manifest is not None and manifest["process_count"] != count:
+        raise _count_mismatch(path, manifest["process_count"], count)
     header, doc = parse_document(data, path)
     if manifest is None:
         if header["format_version"] >= 2:
