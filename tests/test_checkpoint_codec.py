@@ -172,3 +172,25 @@ def test_a_jax_counter_stays_a_jax_array_and_ints_stay_ints():
     assert isinstance(out.index, jax.Array) and out.index.dtype == jnp.int32
     assert type(out.epoch) is int
     assert type(out.global_step) is np.int64
+
+
+PROGRESSIONS = {
+    "arange": (np.arange(1000, dtype=np.int32) + 7, [7, 1]),
+    "constant": (np.full((4, 8), 3, np.int16), [3, 0]),
+    "wrapping int8": (np.arange(300).astype(np.int8), [0, 1]),
+    "descending uint8": (np.arange(40, 0, -1).astype(np.uint8), None),  # step -1 fits no uint8
+    "int64 beyond 2**53": (np.arange(20, dtype=np.int64) * 3 + 2**62, [2**62, 3]),
+    "almost": (np.concatenate([np.arange(99), [0]]).astype(np.int32), None),
+    "too short": (np.arange(15, dtype=np.int32), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRESSIONS))
+def test_integer_progressions_are_saved_as_fills_and_come_back_exactly(name):
+    array, fill = PROGRESSIONS[name]
+    item = Metadata(index=array, rng_key=np.arange(2, dtype=np.uint32))
+    doc, parts = encode_item(item).finish(threshold=-1)
+    assert doc["nodes"][0]["fields"]["index"]["array"].get("fill") == fill
+    blob = bytearray(b"".join(bytes(p) for p in parts)) if "blob" in doc else None
+    out = decode_item(loads_document(dumps_document(doc), "memory"), "memory", blob=blob)
+    assert_exact(out, item)

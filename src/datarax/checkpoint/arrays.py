@@ -43,6 +43,36 @@ def little_endian(array: Any) -> np.ndarray:
     return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
 
 
+FILL_MIN_SIZE = 16
+"""Integer arrays of at least this many elements that are arithmetic progressions (a
+constant, ``arange``) are saved as ``"fill": [start, step]``, not element by element."""
+
+
+def progression(start: int, step: int, shape: Any, dtype: np.dtype) -> np.ndarray:
+    """``start + step * arange`` of ``shape``, computed in ``dtype`` (wrapping like it).
+
+    Raises:
+        OverflowError: ``start`` or ``step`` does not fit ``dtype``.
+    """
+    out = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=dtype)
+    out *= dtype.type(step)
+    out += dtype.type(start)
+    return out.reshape(shape)
+
+
+def find_progression(array: np.ndarray) -> list[int] | None:
+    """``[start, step]`` if the integer ``array`` is exactly :func:`progression` of them."""
+    if array.dtype.kind not in "iu" or array.size < FILL_MIN_SIZE:
+        return None
+    flat = array.reshape(-1)
+    start, step = int(flat[0]), int(flat[1]) - int(flat[0])
+    try:
+        candidate = progression(start, step, flat.shape, array.dtype)
+    except OverflowError:
+        return None
+    return [start, step] if np.array_equal(candidate, flat) else None
+
+
 def encode_array(array: np.ndarray, where: str) -> dict[str, Any]:
     """``{"dtype", "shape", "data"}`` for a NumPy array: its bytes, little-endian, base64.
 
@@ -67,6 +97,11 @@ def decode_array(entry: Any, where: str, blob: Any = None) -> np.ndarray:
         if not all(type(n) is int and n >= 0 for n in shape):
             raise ValueError(f"bad shape {shape}")
         count = int(np.prod(shape, dtype=np.int64))
+        if "fill" in entry:
+            start, step = entry["fill"]
+            if dtype.kind not in "iu" or type(start) is not int or type(step) is not int:
+                raise ValueError(f"bad fill {entry['fill']} of dtype {dtype}")
+            return progression(start, step, shape, dtype)
         if "blob" in entry:
             offset, nbytes = entry["blob"]
             if blob is None or nbytes != count * dtype.itemsize or offset + nbytes > len(blob):
@@ -75,7 +110,7 @@ def decode_array(entry: Any, where: str, blob: Any = None) -> np.ndarray:
             return out if out.dtype.isnative else out.astype(dtype)
         data = base64.b64decode(entry["data"], validate=True)
         out = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise MetadataCheckpointError(
             f"{where}: not an encoded array ({str(e)[:100]}); the item is damaged or was "
             "written by another program."

@@ -14,6 +14,9 @@ it was held and its value:
 The data of arrays on a single device (host arrays) goes into the document as base64
 (``"data"``) when the item's host arrays are small (at most :data:`BLOB_THRESHOLD` bytes),
 else into the process's binary file, ``process_<i>.bin`` (``"blob": [offset, nbytes]``).
+An integer array that is an arithmetic progression (a constant, an ``arange``: most
+counters of a batch) is ``"fill": [start, step]`` instead (see
+:func:`~datarax.checkpoint.arrays.find_progression`).
 A ``jax.Array`` spread over several devices (or processes) is instead named in the document
 (``"global": name``) and saved by Orbax's array serialization, so that it is written from
 every device and can be restored with another sharding.
@@ -36,7 +39,13 @@ import jax
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from datarax.checkpoint.arrays import check_dtype, encode_array, is_key, little_endian
+from datarax.checkpoint.arrays import (
+    check_dtype,
+    encode_array,
+    find_progression,
+    is_key,
+    little_endian,
+)
 from datarax.checkpoint.decoding import (
     _NO_TARGET,
     FIELDS,
@@ -93,17 +102,22 @@ class EncodedItem:
         gives their total size and sha256. Call it once.
         """
         hosts = []
-        for entry, value, _ in self.host_arrays:
+        for entry, value, where in self.host_arrays:
             if is_key(value):
                 value = jax.random.key_data(value)
-            hosts.append((entry, little_endian(value)))
+            array = little_endian(value)
+            fill = find_progression(array)
+            if fill is None:
+                hosts.append((entry, array, where))
+            else:
+                entry.update(dtype=array.dtype.name, shape=list(array.shape), fill=fill)
         parts: list[Any] = []
-        if not hosts or sum(a.nbytes for _, a in hosts) <= threshold:
-            for (entry, array), (_, _, where) in zip(hosts, self.host_arrays, strict=True):
+        if not hosts or sum(a.nbytes for _, a, _ in hosts) <= threshold:
+            for entry, array, where in hosts:
                 entry.update(encode_array(array, where))
             return self.doc, parts
         digest, offset = hashlib.sha256(), 0
-        for entry, array in hosts:
+        for entry, array, _ in hosts:
             entry.update(dtype=array.dtype.name, shape=list(array.shape))
             entry["blob"] = [offset, array.nbytes]
             pad = -array.nbytes % _ALIGN

@@ -124,7 +124,7 @@ def _check_key(key: Any, blob: Any) -> str | None:
 def _check_array(arr: Any, blob: Any) -> str | None:
     if type(arr) is not dict:
         return f"malformed array entry {_show(arr)}"
-    sources = [k for k in ("data", "blob", "global") if k in arr]
+    sources = [k for k in ("data", "blob", "global", "fill") if k in arr]
     if len(sources) != 1 or set(arr) != {"container", "dtype", "shape", sources[0]}:
         return f"malformed array entry with keys {sorted(arr)[:8]}"
     if arr["container"] not in _CONTAINERS:
@@ -140,6 +140,12 @@ def _check_array(arr: Any, blob: Any) -> str | None:
         return "array data is not a base64 string"
     if "global" in arr and (type(arr["global"]) is not str or arr["container"] != "jax"):
         return "a global array must be a named JAX array"
+    if "fill" in arr:
+        fill = arr["fill"]
+        if type(fill) is not list or len(fill) != 2 or not all(type(n) is int for n in fill):
+            return f"malformed fill {_show(fill)}"
+        if arr["dtype"] not in _INT_DTYPES:
+            return f"a fill of dtype {arr['dtype']}, but fills are integer arrays"
     if "blob" in arr:
         span = arr["blob"]
         if type(span) is not list or len(span) != 2 or not all(_is_int(n) for n in span):
