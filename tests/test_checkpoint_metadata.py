@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from checkpoint_oracle import assert_exact
 from etils import epath
+from flax import nnx
 
 from datarax.checkpoint import (
     MetadataCheckpointError,
@@ -20,7 +21,8 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
-from datarax.core.metadata import Metadata, create_metadata
+from datarax.checkpoint.records import record_to_metadata
+from datarax.core.metadata import Metadata, MetadataManager, create_metadata
 
 B = 6
 SOURCE_INFO = {
@@ -340,3 +342,25 @@ def test_a_lone_surrogate_and_a_real_astral_character_come_back_exactly(tmp_path
     handler = MetadataCheckpointHandler()
     handler.save(directory, MetadataSave(item))
     assert_exact(handler.restore(directory), item)
+
+
+def test_a_batch_from_create_batch_metadata_is_refused_naming_the_conversion(tmp_path):
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0), track_batches=True, shard_id=3)
+    batch = manager.create_batch_metadata([f"train/{i}" for i in range(5)])
+    with pytest.raises(MetadataCheckpointError, match=r"MetadataSave\(record_to_metadata\("):
+        MetadataSave(batch)
+    converted = record_to_metadata(batch)
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(converted))
+    restored = handler.restore(directory)
+    assert_exact(restored, converted)
+    assert restored.index.tolist() == batch.index.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored.rng_key), jax.random.key_data(batch.rng_key)
+    )
+    assert [restored.replace(_encoded_key=k).entry_key for k in restored._encoded_key] == [
+        f"train/{i}" for i in range(5)
+    ]
+    with pytest.raises(MetadataCheckpointError, match=r"holds str record keys only"):
+        record_to_metadata(manager.create_batch_metadata([1, 2]))

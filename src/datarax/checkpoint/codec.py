@@ -50,7 +50,6 @@ from datarax.checkpoint.decoding import (
     _NO_TARGET,
     FIELDS,
     KIND,
-    _is_metadata,
     decode_item,
     describe_item,
     global_requests,
@@ -59,7 +58,7 @@ from datarax.checkpoint.documents import process_header
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
-from datarax.core.metadata import Metadata
+from datarax.core.metadata import Metadata, RecordMetadata
 
 __all__ = [
     "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "decode_item",
@@ -145,7 +144,7 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
             ``source_info`` value that cannot be saved exactly (the message names its path).
 
     Examples:
-        >>> from datarax.core.metadata import Metadata
+        >>> from datarax.core.metadata import Metadata, RecordMetadata
         >>> from datarax.checkpoint.codec import decode_item, encode_item
         >>> item = {"train": [Metadata(index=3, key="a", source_info={"shape": (2, 2)})]}
         >>> doc, blob = encode_item(item).finish()
@@ -156,7 +155,7 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
     """
     _check_depth(item)
     try:
-        leaves, _ = tree_flatten_with_path(item, is_leaf=_is_metadata)
+        leaves, _ = tree_flatten_with_path(item, is_leaf=_is_node)
     except (TypeError, ValueError, RecursionError) as e:
         raise MetadataCheckpointError(
             f"Cannot save item: it is not a valid pytree ({str(e)[:200]}). Nothing was written."
@@ -176,7 +175,7 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
         if not isinstance(leaf, Metadata):
             raise MetadataCheckpointError(
                 f"Cannot save {where}: MetadataSave saves pytrees whose leaves are Metadata, "
-                f"found {type(leaf).__name__}. Nothing was written."
+                f"found {type(leaf).__name__}.{_hint(leaf)} Nothing was written."
             )
         fields = {}
         for name in FIELDS:
@@ -195,6 +194,20 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
     if note is not None:
         encoded.doc["structure_note"] = note
     return encoded
+
+
+def _is_node(x: Any) -> bool:
+    return isinstance(x, Metadata | RecordMetadata)  # a RecordMetadata: to refuse whole
+
+
+def _hint(leaf: Any) -> str:
+    if not isinstance(leaf, RecordMetadata):
+        return ""
+    return (
+        " Convert what MetadataManager.create_metadata or create_batch_metadata returns in "
+        "one call: MetadataSave(record_to_metadata(record)), with "
+        "`from datarax.checkpoint.records import record_to_metadata`."
+    )
 
 
 def _check_depth(item: Any) -> None:
