@@ -54,8 +54,12 @@ def progression(start: int, step: int, shape: Any, dtype: np.dtype) -> np.ndarra
     Raises:
         OverflowError: ``start`` or ``step`` does not fit ``dtype``.
     """
-    out = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=dtype)
-    out *= dtype.type(step)
+    count = int(np.prod(shape, dtype=np.int64))
+    if step == 0:
+        return np.full(shape, dtype.type(start), dtype)
+    out = np.arange(count, dtype=dtype)
+    if step != 1:
+        out *= dtype.type(step)
     out += dtype.type(start)
     return out.reshape(shape)
 
