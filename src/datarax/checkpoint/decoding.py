@@ -88,6 +88,8 @@ def decode_item(
     target: Any = _NO_TARGET,
     global_values: dict[str, jax.Array] | None = None,
     blob: Any = None,
+    *,
+    checked: bool = False,
 ) -> Any:
     """Inverse of :func:`~datarax.checkpoint.codec.encode_item`.
 
@@ -100,6 +102,7 @@ def decode_item(
         global_values: The arrays named in :func:`global_requests`, restored by Orbax.
         blob: The bytes of the process's ``.bin`` file, checked against the document's
             ``blob`` entry, when it has one.
+        checked: ``doc`` already passed :func:`check_document` (else it is checked here).
 
     Returns:
         The restored item.
@@ -110,7 +113,8 @@ def decode_item(
     """
     templates = _templates(doc, target)
     has_target = target is not _NO_TARGET
-    check_document(doc, where)
+    if not checked:
+        check_document(doc, where)
     sources = _Sources(global_values or {}, blob)
     restored = []
     for node, template in zip(doc["nodes"], templates, strict=True):

@@ -172,7 +172,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             requests = global_requests(doc, target)
             values = self._restore_arrays(directory, read, requests) if requests else {}
             blob = _read_blob(directory, doc) if "blob" in doc else None
-            return decode_item(doc, where, target, values, blob)
+            return decode_item(doc, where, target, values, blob, checked=True)
         except (KeyError, TypeError, AttributeError) as e:
             raise MetadataCheckpointError(f"{where}: malformed Metadata document ({e!r}).") from e
 
