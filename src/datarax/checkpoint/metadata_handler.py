@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import threading
@@ -171,8 +172,14 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         try:
             requests = global_requests(doc, target)
             values = self._restore_arrays(directory, read, requests) if requests else {}
-            blob = _read_blob(directory, doc) if "blob" in doc else None
-            return decode_item(doc, where, target, values, blob, checked=True)
+            if "blob" not in doc:
+                return decode_item(doc, where, target, values, checked=True)
+            blob, digest = _read_blob(directory, doc)
+            # The arrays are built while the blob is hashed (hashlib releases the GIL); they
+            # are returned only once the digest matched.
+            restored = decode_item(doc, where, target, values, blob, checked=True)
+            _check_blob(directory, doc, digest.result())
+            return restored
         except (KeyError, TypeError, AttributeError) as e:
             raise MetadataCheckpointError(f"{where}: malformed Metadata document ({e!r}).") from e
 
@@ -246,17 +253,36 @@ async def _write_process_async(directory: epath.Path, encoded: EncodedItem) -> N
     _write_process(directory, encoded)
 
 
-def _read_blob(directory: epath.Path, doc: dict[str, Any]) -> bytearray:
-    """This process's blob, checked against the document's ``blob`` entry."""
+_HASH_IN_BACKGROUND = 1 << 20
+_hasher: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _read_blob(
+    directory: epath.Path, doc: dict[str, Any]
+) -> tuple[bytearray, concurrent.futures.Future[str]]:
+    """This process's blob (of the size the document gives), and its sha256 being computed
+    (on a background thread when the blob is large)."""
+    global _hasher
     name = blob_file_name(doc["process_index"])
     data = read_item_file(directory, name, size=doc["blob"]["size"], mutable=True)
-    if hashlib.sha256(data).hexdigest() != doc["blob"]["sha256"]:
+    digest: concurrent.futures.Future[str] = concurrent.futures.Future()
+    if len(data) < _HASH_IN_BACKGROUND:
+        digest.set_result(hashlib.sha256(data).hexdigest())
+        return data, digest
+    if _hasher is None:
+        _hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="datarax_hash")
+    return data, _hasher.submit(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _check_blob(directory: epath.Path, doc: dict[str, Any], digest: str) -> None:
+    """Raises unless ``digest`` is the one the document gives for its blob."""
+    name = blob_file_name(doc["process_index"])
+    if digest != doc["blob"]["sha256"]:
         raise MetadataCheckpointError(
             f"{directory / name}: its sha256 differs from the one in "
             f"{process_file_name(doc['process_index'])}: the file is damaged, or comes from "
             "another save. Restore an earlier step."
         )
-    return data
 
 
 @ocp.args.register_with_handler(MetadataCheckpointHandler, for_save=True)
