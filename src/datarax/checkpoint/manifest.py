@@ -12,6 +12,7 @@ finished saving. Version 1 items have no manifest and restore as before.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -129,7 +130,7 @@ def hash_files(directory: epath.Path | str, exclude: set[str] | None = None) -> 
     ``commit_success.txt`` and top-level
     names in ``exclude``: the files Orbax wrote for the item's global arrays."""
     directory = epath.Path(directory)
-    listing = {}
+    files = []
     pending = [(directory, "")]
     while pending:  # epath has no rglob (it would be costly on cloud storage)
         folder, prefix = pending.pop()
@@ -139,10 +140,24 @@ def hash_files(directory: epath.Path | str, exclude: set[str] | None = None) -> 
                 continue
             if path.is_dir():
                 pending.append((path, rel + "/"))
-                continue
-            data = path.read_bytes()
-            listing[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    return dict(sorted(listing.items()))
+            else:
+                files.append((rel, path))
+
+    def entry(path: epath.Path) -> dict[str, Any]:
+        data = path.read_bytes()
+        return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    entries = _in_parallel(entry, [path for _, path in files])
+    return dict(sorted(zip([rel for rel, _ in files], entries, strict=True)))
+
+
+def _in_parallel(work: Any, items: list[Any]) -> list[Any]:
+    """``[work(x) for x in items]``, on a few threads when there are several (reads and
+    sha256 release the GIL); the first error, in order, is raised."""
+    if len(items) < 2:
+        return [work(x) for x in items]
+    with concurrent.futures.ThreadPoolExecutor(min(8, len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 def verify_files(directory: epath.Path | str, listing: Any, manifest: str) -> None:
@@ -155,13 +170,17 @@ def verify_files(directory: epath.Path | str, listing: Any, manifest: str) -> No
     """
     if type(listing) is not dict or not listing:
         raise damaged(manifest, "its file listing is empty or malformed")
-    for rel, entry in listing.items():
+    for rel, entry in listing.items():  # every path checked before any file is opened
         check_relative(rel, manifest)
-        entry = _blob_entry(entry, manifest)
-        data = read_item_file(directory, rel, size=entry["size"])
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        _blob_entry(entry, manifest)
+
+    def check(rel: str) -> None:
+        data = read_item_file(directory, rel, size=listing[rel]["size"])
+        if hashlib.sha256(data).hexdigest() != listing[rel]["sha256"]:
             path = os.path.join(os.fspath(directory), rel)
             raise damaged(path, f"its sha256 differs from the one listed in {manifest}")
+
+    _in_parallel(check, list(listing))
 
 
 def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, str]:
