@@ -160,14 +160,7 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
         raise MetadataCheckpointError(
             f"Cannot save item: it is not a valid pytree ({str(e)[:200]}). Nothing was written."
         ) from e
-    try:
-        paths = [keystr(path) for path, _ in leaves]
-    except ValueError as e:  # str() of an int key beyond Python's digit limit
-        raise MetadataCheckpointError(
-            f"Cannot save item: one of its dict keys is an int of more than "
-            f"{sys.get_int_max_str_digits()} digits, which JSON cannot write. Nothing was "
-            "written."
-        ) from e
+    paths = _paths(leaves)
     nodes = []
     encoded = EncodedItem({}, [], {})
     for i, ((_, leaf), path) in enumerate(zip(leaves, paths, strict=True)):
@@ -194,6 +187,17 @@ def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
     if note is not None:
         encoded.doc["structure_note"] = note
     return encoded
+
+
+def _paths(leaves: list[tuple[Any, Any]]) -> list[str]:
+    try:
+        return [keystr(path) for path, _ in leaves]
+    except ValueError as e:  # str() of an int key beyond Python's digit limit
+        raise MetadataCheckpointError(
+            f"Cannot save item: one of its dict keys is an int of more than "
+            f"{sys.get_int_max_str_digits()} digits, which JSON cannot write. Nothing was "
+            "written."
+        ) from e
 
 
 def _is_node(x: Any) -> bool:

@@ -100,9 +100,8 @@ def decode_item(
             each array field comes back in the target leaf's container and sharding.
             Without it, the item is rebuilt from the document alone.
         global_values: The arrays named in :func:`global_requests`, restored by Orbax.
-        blob: The bytes of the process's ``.bin`` file, checked against the document's
-            ``blob`` entry, when it has one.
-        checked: ``doc`` already passed :func:`check_document` (else it is checked here).
+        blob: The bytes of the process's ``.bin`` file, when the document has a ``blob``.
+        checked: ``doc`` passed :func:`check_document` already.
 
     Returns:
         The restored item.
