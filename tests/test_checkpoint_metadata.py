@@ -364,3 +364,22 @@ def test_a_batch_from_create_batch_metadata_is_refused_naming_the_conversion(tmp
     ]
     with pytest.raises(MetadataCheckpointError, match=r"holds str record keys only"):
         record_to_metadata(manager.create_batch_metadata([1, 2]))
+
+
+def test_an_item_made_unsavable_after_its_args_were_built_fails_at_the_save_call(tmp_path):
+    info = {"files": ["a"]}
+    args = MetadataSave(Metadata(index=1, source_info=info))
+    info["files"].append({1, 2})
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        with pytest.raises(
+            MetadataCheckpointError, match=r"source_info\['files'\]\[1\]: it is a set"
+        ):
+            mngr.save(1, args=ocp.args.Composite(meta=args))
+        mngr.wait_until_finished()
+        mngr.save(2, args=ocp.args.Composite(meta=MetadataSave(Metadata(index=2))))
+        mngr.wait_until_finished()
+        assert mngr.all_steps() == [2]
+        restored = mngr.restore(2, args=ocp.args.Composite(meta=MetadataRestore()))
+    assert restored["meta"] == Metadata(index=2)
+    written = pathlib.Path(tmp_path).rglob("process_*")
+    assert [p.relative_to(tmp_path).parts[0] for p in written] == ["2"]

@@ -104,7 +104,9 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         Raises:
             TypeError: ``args`` is not a :class:`MetadataSave`.
             MetadataCheckpointError: The item changed since ``args`` were built and now
-                holds something that cannot be saved exactly; nothing is written.
+                holds something that cannot be saved exactly; nothing of the item is
+                written (Orbax may leave the step's temporary directory, which the next
+                save of that step replaces).
         """
         check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
         encoded = args.take_snapshot()
