@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,demo,docs,bench]'
+	$(PY) -m pip install -q -e '.[test,demo,docs,bench,gcs,s3,emulators]'
 	touch $(STAMP)
 
 demo: $(STAMP)

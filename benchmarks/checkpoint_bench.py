@@ -41,7 +41,8 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
-from datarax.checkpoint.manager_codec import snapshot_manager
+from datarax.checkpoint.manager_codec import encode_manager
+from datarax.core._position import read_position
 from datarax.core.metadata import Metadata, MetadataManager
 
 GOALS = {"save_vs_json": 1.25, "restore_vs_json": 1.5, "save_vs_standard": 0.5, "blocking_ms": 2}
@@ -58,7 +59,7 @@ def _manager() -> MetadataManager:
 
 def _manager_fields(manager: MetadataManager) -> tuple[dict[str, Any], dict[str, Any]]:
     """The manager item's fields as a JSON dict and as a pytree of NumPy arrays."""
-    doc = snapshot_manager(manager)
+    doc = encode_manager(read_position(manager))
     as_json = {
         "state": doc["state"], "shard_id": doc["shard_id"],
         "track_batches": doc["track_batches"], "rngs": doc["rngs"],

@@ -56,9 +56,8 @@ def _fixture_item() -> dict:
 
 
 def test_format_version_1_manager_fixture_restores():
-    manager = _fixture_manager()
-    MetadataManagerCheckpointHandler().restore(
-        epath.Path(FIXTURES / "manager"), MetadataManagerRestore(manager)
+    manager = MetadataManagerCheckpointHandler().restore(
+        epath.Path(FIXTURES / "manager"), MetadataManagerRestore(_fixture_manager())
     )
     assert manager_state(manager) == {
         "state": {"global_step": (int, 45), "epoch": (int, 2), "index": (int, 5),

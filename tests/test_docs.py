@@ -73,8 +73,29 @@ def test_python_blocks_found() -> None:
         assert any(b.file is None for b in blocks), f"{page.relative_to(ROOT)}: nothing to run"
 
 
+SERVED_GUIDES = {"object-storage"}
+"""Guides whose code writes to ``gs://`` and ``s3://``: they run against local servers."""
+
+
+@pytest.fixture
+def guide_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The variables a guide's code needs: for :data:`SERVED_GUIDES`, those of a
+    fake-gcs-server and a moto server started (on 127.0.0.1) for the test, each with a bucket
+    named ``datarax-guide``."""
+    if request.node.callspec.params["page"].stem not in SERVED_GUIDES:
+        yield {}
+        return
+    from integration.object_stores import FakeGcs, MotoS3  # the `emulators` extra
+
+    logs = tmp_path_factory.mktemp("servers")
+    with FakeGcs(logs) as gcs, MotoS3(logs) as s3:
+        for server in (gcs, s3):
+            server.create_bucket("datarax-guide")
+        yield {**gcs.env(), **s3.env()}
+
+
 @pytest.mark.parametrize("page", GUIDES, ids=lambda p: p.stem)
-def test_guide_runs(page: Path, tmp_path: Path) -> None:
+def test_guide_runs(page: Path, tmp_path: Path, guide_env: dict[str, str]) -> None:
     for block in python_blocks(page):
         if block.file is not None:
             (tmp_path / block.file).write_text(block.code, encoding="utf-8")
@@ -82,6 +103,7 @@ def test_guide_runs(page: Path, tmp_path: Path) -> None:
     script.write_text(page_script(page), encoding="utf-8")
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # ROOT: `benchmarks`
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "JAX_PLATFORMS": "cpu"}
+    env.update(guide_env)
     try:
         result = subprocess.run(
             [sys.executable, str(script)],

@@ -99,6 +99,7 @@ def main() -> int:
             print(f"MetadataCheckpointError: {error}", flush=True)
             os._exit(3)  # the other processes fail alike: no shutdown barrier to wait at
         weights = restored["model"]["w"]
+        manager = restored["data"]
         start = latest
         batch = restored["batch"]
         mine = {

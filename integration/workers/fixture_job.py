@@ -43,7 +43,7 @@ def main() -> int:
         restored = mngr.restore(
             latest, args=ocp.args.Composite(manager=MetadataManagerRestore(manager))
         )
-        manager = restored["manager"]  # the restored manager (a new one, or the template)
+        manager = restored["manager"]
         print(f"start {latest}", flush=True)
         with args.log.open("w") as log_file:
             while (step := manager.state.get_value()["global_step"]) < args.until:

@@ -55,7 +55,8 @@ def main() -> int:
                 data=MetadataManagerRestore(manager),
             ),
         )
-        assert restored["pipeline"] is iterator and restored["data"] is manager
+        assert restored["pipeline"] is iterator
+        manager = restored["data"]
         start = latest
     print(f"start {start}", flush=True)
 

@@ -13,7 +13,12 @@ Every problem with an item is a :class:`MetadataCheckpointError`. The on-disk fo
 described in ``docs/checkpoint-format.md``.
 """
 
+import orbax.checkpoint as _ocp
+
 from datarax.checkpoint.errors import MetadataCheckpointError as MetadataCheckpointError
+from datarax.checkpoint.inspection import inspect as inspect
+from datarax.checkpoint.inspection import latest_restorable_step as latest_restorable_step
+from datarax.checkpoint.inspection import verify as verify
 from datarax.checkpoint.manager_handler import (
     MetadataManagerCheckpointHandler as MetadataManagerCheckpointHandler,
 )
@@ -24,8 +29,10 @@ from datarax.checkpoint.metadata_handler import (
 )
 from datarax.checkpoint.metadata_handler import MetadataRestore as MetadataRestore
 from datarax.checkpoint.metadata_handler import MetadataSave as MetadataSave
+from datarax.checkpoint.reports import CheckpointReport as CheckpointReport
 
 __all__ = [
+    "CheckpointReport",
     "MetadataCheckpointError",
     "MetadataCheckpointHandler",
     "MetadataManagerCheckpointHandler",
@@ -33,6 +40,9 @@ __all__ = [
     "MetadataManagerSave",
     "MetadataRestore",
     "MetadataSave",
+    "inspect",
+    "latest_restorable_step",
+    "verify",
 ]
 
 for _obj in (
@@ -44,4 +54,16 @@ for _obj in (
     MetadataSave,
 ):
     _obj.__module__ = __name__
-del _obj
+# Orbax writes ``handler.typestr()`` (the handler's ``__module__`` and name) into each step's
+# metadata, and a fresh process restoring with no args looks that string up in Orbax's handler
+# registry. The public names set just above are what every checkpoint so far has written, so
+# each handler is registered again, now under its public name (registering its args again is
+# Orbax's public way to do that; the registration made when its module was imported holds the
+# module's own name, which no checkpoint names).
+for _handler, _save in (
+    (MetadataCheckpointHandler, MetadataSave),
+    (MetadataManagerCheckpointHandler, MetadataManagerSave),
+):
+    _ocp.args.register_with_handler(_handler, for_save=True)(_save)
+del _obj, _handler, _save
+from datarax.checkpoint import v1_registration as _v1_registration  # noqa: E402, F401

@@ -1,14 +1,16 @@
-"""``MetadataManager`` <-> JSON document, with no I/O.
+"""A manager's :class:`~datarax.core._position.Position` <-> its JSON document, with no I/O.
 
-The document holds the manager's logical position: its counters, ``shard_id``,
-``track_batches`` and, for every ``nnx.Rngs`` stream, the key (typed or raw, its impl and
-data) and the count. :func:`snapshot_manager` copies all of it to host values at once, so
-what is saved is the state at the moment of the call, whatever the manager does next.
+The document holds the counters, ``shard_id``, ``track_batches`` and, for every ``nnx.Rngs``
+stream, the key (typed or raw, impl, data) and the count (``docs/checkpoint-format.md``).
+:func:`encode_manager` refuses what could not come back exactly; :func:`decode_manager`
+refuses, naming the field, what a manager's constructor would refuse, and coerces nothing.
+Managers themselves are read and built by :mod:`datarax.core._position`.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -17,295 +19,382 @@ import numpy as np
 from datarax.checkpoint.arrays import is_key, key_host_data, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.integrity import process_header
-from datarax.core.metadata import MetadataManager
+from datarax.core._position import STATE_KEYS, Position, StreamPosition
 
-KIND = "MetadataManager"
+MANAGER_KIND = "MetadataManager"
+"""The ``kind`` of a manager item's process documents."""
 
-
-@functools.cache
-def _plain_types() -> tuple[type, ...]:
-    # Built on first use, not at import: creating an array initialises the XLA backend,
-    # which must wait for jax.distributed.initialize() in a multi-process job.
-    return (dict, np.ndarray, type(jax.numpy.zeros(0)), type(jax.random.key(0)))
-
-
-def _read(variable: Any) -> Any:
-    """``variable.get_value()``, without its cost for the plain values a manager holds.
-
-    ``get_value`` copies the value and asks JAX whether it is an array ref (tens of
-    microseconds, which a save on every step would pay several times). A value of one of
-    these concrete types is never a ref; a Variable with ``on_get_value`` hooks, or any
-    other value, goes through ``get_value``.
-    """
-    raw = variable._raw_value
-    if type(raw) in _plain_types() and "on_get_value" not in variable._var_metadata:
-        return dict(raw) if type(raw) is dict else raw
-    return variable.get_value()
-
-
-_STATE_KEYS = ("global_step", "epoch", "index", "batch_idx")
+_HEADER_FIELDS = frozenset({"format_version", "kind", "process_index", "process_count", "save"})
+_BODY_FIELDS = frozenset({"state", "shard_id", "track_batches", "rngs"})
+_STREAM_FIELDS = frozenset({"typed", "impl", "key_shape", "key_data", "count_shape", "count"})
 _U32 = np.dtype(np.uint32)
 
 
-def _write(variable: Any, value: Any) -> None:
-    """``variable.set_value(value)``, without its cost for the plain values a manager holds.
-
-    Like :func:`_read`, and like the manager's own fast path: a Variable with no
-    ``on_set_value`` hooks whose old and new values are of the plain types (never refs) is
-    updated in place; anything else goes through ``set_value``.
-    """
-    plain = _plain_types()
-    if (
-        type(value) in plain
-        and type(variable._raw_value) in plain
-        and "on_set_value" not in variable._var_metadata
-    ):
-        object.__setattr__(variable, "_raw_value", value)
-    else:
-        variable.set_value(value)
-
-
-def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool | np.bool_ | jax.core.Tracer):
-        value = object()  # refused below
-    if type(value) is int:
-        return value
-    if isinstance(value, np.integer) or (
-        isinstance(value, np.ndarray | jax.Array)
-        and value.shape == ()
-        and np.issubdtype(value.dtype, np.integer)
-    ):
-        return int(value)
-    raise MetadataCheckpointError(
-        f"Cannot save {where}: expected an int{' or None' if optional else ''}, found "
-        f"{type(value).__name__} {value!r}. Save outside JAX transformations. Nothing was written."
+def _save_error(where: str, expected: str, value: Any) -> MetadataCheckpointError:
+    found = getattr(value, "dtype", None) or type(value).__name__
+    return MetadataCheckpointError(
+        f"Cannot save {where}: expected {expected}, found {found} {value!r}. Nothing was written."
     )
 
 
-# A stream's key rarely changes between saves, so its part of the document is kept by key
-# identity (the key is kept alive with its entry, so its id cannot be reused meanwhile).
-_key_entries: dict[int, tuple[Any, dict[str, Any]]] = {}
-_KEY_ENTRIES = 64
+def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
+    """A counter as a Python int: an int, NumPy integer or 0-d integer array, >= 0."""
+    if value is None and optional:
+        return None
+    concrete = isinstance(value, np.ndarray | jax.Array) and not isinstance(value, jax.core.Tracer)
+    if (
+        type(value) is int
+        or isinstance(value, np.integer)
+        or (concrete and value.shape == () and np.issubdtype(value.dtype, np.integer))
+    ):
+        out = int(value)
+    else:
+        expected = "an int >= 0" + (" or None" if optional else "") + " (outside JAX transforms)"
+        raise _save_error(where, expected, value)
+    if out < 0:
+        raise _save_error(where, "an int >= 0", value)
+    return out
 
 
-def _key_entry(key: Any, where: str) -> dict[str, Any]:
-    """``{"typed", "impl", "key_shape", "key_data"}`` of a stream key."""
-    hit = _key_entries.get(id(key))
-    if hit is not None and hit[0] is key:
-        return hit[1]
+def _stream_name(name: Any) -> bool:
+    """Whether ``name`` is a stream name a manager is rebuilt with: an identifier, as
+    ``nnx.Rngs(name=...)`` takes it, not private."""
+    return type(name) is str and name.isidentifier() and not name.startswith("_")
+
+
+def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:
+    where = f"manager.rngs[{name!r}]"
+    if not _stream_name(name):
+        raise _save_error("a manager.rngs stream name", "an identifier not starting with _", name)
+    key = stream.key
     if isinstance(key, jax.core.Tracer):
-        raise MetadataCheckpointError(
-            f"{where}.key is a tracer: save and restore outside JAX transformations."
-        )
+        raise _save_error(f"{where}.key", "a concrete key (save outside JAX transforms)", key)
     if is_key(key):
         impl, data = key_host_data(key)
-        typed = True
+        entry = {"typed": True, "impl": impl}
     elif isinstance(key, jax.Array | np.ndarray) and key.dtype == _U32:
-        impl, data, typed = None, np.asarray(key), False
+        data = np.asarray(key)
+        entry = {"typed": False, "impl": None}
     else:
-        raise MetadataCheckpointError(
-            f"{where}.key: expected a JAX PRNG key, found "
-            f"{getattr(key, 'dtype', type(key).__name__)}."
-        )
-    entry = {
-        "typed": typed,
-        "impl": impl,
+        raise _save_error(f"{where}.key", "a JAX PRNG key or a raw uint32 key", key)
+    count = stream.count
+    if isinstance(count, jax.core.Tracer) or not (
+        isinstance(count, np.ndarray | jax.Array | np.uint32) and count.dtype == _U32
+    ):
+        raise _save_error(f"{where}.count", "a uint32 count (as nnx.Rngs holds it)", count)
+    count = np.asarray(count)
+    return {
+        **entry,
         "key_shape": list(np.shape(key)),
         "key_data": data.ravel().tolist(),
+        "count_shape": list(count.shape),
+        "count": count.ravel().tolist(),
     }
-    if typed:  # a raw key may be a mutable NumPy array: never cached
-        if len(_key_entries) >= _KEY_ENTRIES:
-            _key_entries.pop(next(iter(_key_entries)))
-        _key_entries[id(key)] = (key, entry)
-    return entry
 
 
-def _stream_snapshot(name: str, stream: Any) -> dict[str, Any]:
-    where = f"manager.rngs[{name!r}]"
-    entry = _key_entry(_read(stream.key), where)
-    count = _read(stream.count)
-    if type(count) is np.ndarray and count.shape == () and count.dtype == _U32:
-        return {**entry, "count_shape": [], "count": [int(count)]}  # the manager's own form
-    if isinstance(count, jax.core.Tracer) or not (
-        isinstance(count, np.ndarray | jax.Array | np.integer | int)
-        and np.issubdtype(np.asarray(count).dtype, np.integer)
-    ):
-        raise MetadataCheckpointError(
-            f"Cannot save {where}.count: expected a uint32 count, found {count!r}."
-        )
-    count = np.asarray(count)
-    return {**entry, "count_shape": list(count.shape), "count": count.ravel().tolist()}
-
-
-def snapshot_manager(manager: MetadataManager) -> dict[str, Any]:
-    """The JSON document of ``manager``'s state, copied now.
+def encode_manager(position: Position) -> dict[str, Any]:
+    """The JSON document of a manager's position.
 
     Args:
-        manager: The manager to save.
+        position: What :func:`~datarax.core._position.read_position` returned.
 
     Returns:
         A JSON-ready dict (see ``docs/checkpoint-format.md``).
 
     Raises:
-        MetadataCheckpointError: A counter, key or count that is not a concrete value (for
-            instance a tracer, inside a JAX transformation).
+        MetadataCheckpointError: A counter, ``shard_id``, key or count that a manager could
+            not be rebuilt from (negative, not an integer, a tracer inside a JAX
+            transformation), or a ``batch_idx`` that disagrees with ``track_batches``.
 
     Examples:
         >>> from flax import nnx
         >>> from datarax.core.metadata import MetadataManager
-        >>> from datarax.checkpoint.manager_codec import snapshot_manager
-        >>> doc = snapshot_manager(MetadataManager(rngs=nnx.Rngs(metadata=7)))
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import encode_manager
+        >>> doc = encode_manager(read_position(MetadataManager(rngs=nnx.Rngs(metadata=7))))
         >>> doc["state"], doc["rngs"]["metadata"]["key_data"]
         ({'global_step': 0, 'epoch': 0, 'index': 0, 'batch_idx': None}, [0, 7])
     """
-    state = _read(manager.state)
-    if type(state) is not dict or set(state) != set(_STATE_KEYS):
-        raise MetadataCheckpointError(
-            f"Cannot save manager.state: expected a dict with keys {list(_STATE_KEYS)}, found "
-            f"{state!r}."
-        )
+    state = position.state
+    if type(state) is not dict or set(state) != set(STATE_KEYS):
+        raise _save_error("manager.state", f"a dict with keys {list(STATE_KEYS)}", state)
     counters = {
         k: _host_int(state[k], f"manager.state[{k!r}]", optional=k == "batch_idx")
-        for k in _STATE_KEYS
+        for k in STATE_KEYS
     }
-    rngs = manager.rngs
+    if type(position.track_batches) is not bool:
+        raise _save_error("manager.track_batches", "a bool", position.track_batches)
+    if (counters["batch_idx"] is None) == position.track_batches:
+        expected = "an int >= 0 (track_batches=True)" if position.track_batches else "None"
+        raise _save_error("manager.state['batch_idx']", expected, state["batch_idx"])
+    streams = position.streams
+    return {
+        **process_header(MANAGER_KIND),
+        "state": counters,
+        "shard_id": _host_int(position.shard_id, "manager.shard_id", optional=True),
+        "track_batches": position.track_batches,
+        "rngs": None
+        if streams is None
+        else {name: _encode_stream(name, s) for name, s in streams.items()},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """A document's fields, each checked (see :func:`_check`)."""
+
+    state: dict[str, int | None]
+    shard_id: int | None
+    track_batches: bool
+    streams: dict[str, dict[str, Any]] | None
+
+
+def _bad(where: str, field: str, expected: str, value: Any) -> MetadataCheckpointError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return MetadataCheckpointError(
+        f"{where}: {field} is {shown} ({type(value).__name__}), expected {expected}. The "
+        "checkpoint item is damaged or was not written by datarax; restore an earlier step."
+    )
+
+
+def _int(where: str, field: str, value: Any, end: int | None = None) -> int:
+    if type(value) is not int or value < 0 or (end is not None and value >= end):
+        expected = "an int >= 0" if end is None else f"an int in [0, 2**{end.bit_length() - 1})"
+        raise _bad(where, field, expected, value)
+    return value
+
+
+def _fields(where: str, field: str, value: Any, expected: frozenset[str]) -> None:
+    if type(value) is not dict or set(value) != expected:
+        shown = sorted(value) if type(value) is dict else value
+        raise _bad(where, field, f"a dict with the keys {sorted(expected)}", shown)
+
+
+def _shape(where: str, field: str, value: Any) -> list[int]:
+    if type(value) is not list or len(value) > 8:
+        raise _bad(where, field, "a list of at most 8 ints >= 0", value)
+    return [_int(where, f"{field}[{i}]", n) for i, n in enumerate(value)]
+
+
+def _uint32s(where: str, field: str, value: Any, size: int) -> list[int]:
+    if type(value) is not list or len(value) != size:
+        raise _bad(where, field, f"a list of {size} uint32 values", value)
+    return [_int(where, f"{field}[{i}]", v, 2**32) for i, v in enumerate(value)]
+
+
+def _check_stream(where: str, name: Any, entry: Any) -> dict[str, Any]:
+    at = f"rngs[{name!r}]"
+    if not _stream_name(name):
+        raise _bad(where, "an rngs stream name", "an identifier not starting with _", name)
+    _fields(where, at, entry, _STREAM_FIELDS)
+    typed, impl = entry["typed"], entry["impl"]
+    if type(typed) is not bool:
+        raise _bad(where, f"{at}.typed", "true or false", typed)
+    if typed and (type(impl) is not str or not impl):
+        raise _bad(where, f"{at}.impl", "the name of a JAX PRNG impl for a typed key", impl)
+    if not typed and impl is not None:
+        raise _bad(where, f"{at}.impl", "null for a raw key", impl)
+    key_shape = _shape(where, f"{at}.key_shape", entry["key_shape"])
+    data = entry["key_data"]
+    if type(data) is not list or (not typed and len(data) != math.prod(key_shape)):
+        raise _bad(where, f"{at}.key_data", f"a list of uint32 values for shape {key_shape}", data)
+    key_data = _uint32s(where, f"{at}.key_data", data, len(data))
+    count_shape = _shape(where, f"{at}.count_shape", entry["count_shape"])
+    count = _uint32s(where, f"{at}.count", entry["count"], math.prod(count_shape))
+    return {
+        "typed": typed,
+        "impl": impl,
+        "key_shape": key_shape,
+        "key_data": key_data,
+        "count_shape": count_shape,
+        "count": count,
+    }
+
+
+def _check(doc: dict[str, Any], where: str) -> _Checked:
+    """Every field of a manager document, checked as strictly as the manager's constructor
+    checks its arguments; the header fields were checked by the reader."""
+    missing = sorted(_BODY_FIELDS - set(doc))
+    unknown = sorted(set(doc) - _BODY_FIELDS - _HEADER_FIELDS)
+    if missing or unknown:
+        raise MetadataCheckpointError(
+            f"{where}: the manager document lacks the fields {missing} and has unknown fields "
+            f"{unknown}. The checkpoint item is damaged or was not written by datarax; restore "
+            "an earlier step."
+        )
+    track_batches = doc["track_batches"]
+    if type(track_batches) is not bool:
+        raise _bad(where, "track_batches", "true or false", track_batches)
+    state = doc["state"]
+    _fields(where, "state", state, frozenset(STATE_KEYS))
+    counters: dict[str, int | None] = {}
+    for k in STATE_KEYS:
+        if k == "batch_idx" and not track_batches:
+            if state[k] is not None:
+                raise _bad(where, "state['batch_idx']", "null (track_batches is false)", state[k])
+            counters[k] = None
+        else:
+            counters[k] = _int(where, f"state[{k!r}]", state[k])
+    shard_id = doc["shard_id"]
+    if shard_id is not None:
+        _int(where, "shard_id", shard_id)
+    rngs = doc["rngs"]
     streams = None
     if rngs is not None:
-        streams = {name: _stream_snapshot(name, stream) for name, stream in rngs.items()}
-    return {
-        **process_header(KIND),
-        "state": counters,
-        "shard_id": _host_int(manager.shard_id, "manager.shard_id", optional=True),
-        "track_batches": bool(manager.track_batches),
-        "rngs": streams,
-    }
+        if type(rngs) is not dict:
+            raise _bad(where, "rngs", "null or a dict of streams", rngs)
+        streams = {name: _check_stream(where, name, entry) for name, entry in rngs.items()}
+    return _Checked(counters, shard_id, track_batches, streams)
 
 
-def describe_manager(doc: dict[str, Any]) -> dict[str, Any]:
-    """What ``handler.metadata(directory)`` returns for a manager item."""
-    streams = doc["rngs"]
-    return {
-        "format_version": doc["format_version"],
-        "kind": KIND,
-        "process_count": doc["process_count"],
-        "state": dict(doc["state"]),
-        "shard_id": doc["shard_id"],
-        "track_batches": doc["track_batches"],
-        "streams": None
-        if streams is None
-        else {
+def _decode_stream(where: str, name: str, s: dict[str, Any]) -> StreamPosition:
+    count = np.array(s["count"], dtype=np.uint32).reshape(s["count_shape"])
+    data = np.array(s["key_data"], dtype=np.uint32)
+    if not s["typed"]:
+        return StreamPosition(jax.numpy.asarray(data.reshape(s["key_shape"])), count)
+    if data.size == 0 or data.size % max(math.prod(s["key_shape"]), 1):
+        expected = f"whole keys of shape {s['key_shape']}"
+        raise _bad(where, f"rngs[{name!r}].key_data", expected, s["key_data"])
+    key = wrap_key(data.reshape(*s["key_shape"], -1), s["impl"], f"{where}: rngs[{name!r}]")
+    return StreamPosition(key, count)
+
+
+def decode_manager(doc: dict[str, Any], where: str) -> Position:
+    """The position a manager document holds.
+
+    Args:
+        doc: A document read from a manager item (its header fields already checked).
+        where: The file ``doc`` was read from, for error messages.
+
+    Returns:
+        The saved :class:`~datarax.core._position.Position`.
+
+    Raises:
+        MetadataCheckpointError: A field that is missing, unknown, of another type, out of
+            range (a negative counter, key data outside uint32), inconsistent (``batch_idx``
+            and ``track_batches``) or a key that JAX cannot rebuild (an unknown impl, data
+            of another length); the message names the field.
+
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import decode_manager, encode_manager
+        >>> manager = MetadataManager(rngs=nnx.Rngs(metadata=7))
+        >>> doc = encode_manager(read_position(manager))
+        >>> decode_manager(doc, "process_0.jsonl").state["index"]
+        0
+        >>> decode_manager({**doc, "shard_id": "abc"}, "process_0.jsonl")
+        Traceback (most recent call last):
+        ...
+        datarax.checkpoint.MetadataCheckpointError: process_0.jsonl: shard_id is 'abc' (str), ...
+    """
+    checked = _check(doc, where)
+    streams = None
+    if checked.streams is not None:
+        streams = {name: _decode_stream(where, name, s) for name, s in checked.streams.items()}
+    return Position(dict(checked.state), checked.shard_id, checked.track_batches, streams)
+
+
+def describe_manager(doc: dict[str, Any], where: str = "the manager document") -> dict[str, Any]:
+    """What ``handler.metadata(directory)`` returns for a manager item: its format version,
+    process count, counters, ``shard_id``, ``track_batches``, and each stream's key kind and
+    count (not its key data).
+
+    Args:
+        doc: A document read from a manager item (its header fields already checked).
+        where: The file ``doc`` was read from, for error messages.
+
+    Raises:
+        MetadataCheckpointError: As :func:`decode_manager`, for a field that is malformed.
+
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import describe_manager, encode_manager
+        >>> doc = encode_manager(read_position(MetadataManager(rngs=nnx.Rngs(metadata=7))))
+        >>> describe_manager(doc)["streams"]
+        {'metadata': {'typed': True, 'impl': 'threefry2x32', 'key_shape': [], 'count': 0}}
+    """
+    checked = _check(doc, where)
+    streams = None
+    if checked.streams is not None:
+        streams = {
             name: {
                 "typed": s["typed"],
                 "impl": s["impl"],
                 "key_shape": s["key_shape"],
                 "count": s["count"][0] if s["count_shape"] == [] else s["count"],
             }
-            for name, s in streams.items()
-        },
+            for name, s in checked.streams.items()
+        }
+    return {
+        "format_version": doc["format_version"],
+        "kind": MANAGER_KIND,
+        "process_count": doc["process_count"],
+        "state": dict(checked.state),
+        "shard_id": checked.shard_id,
+        "track_batches": checked.track_batches,
+        "streams": streams,
     }
 
 
-def _differences(
-    manager: MetadataManager, doc: dict[str, Any], keys: dict[str, dict[str, Any]] | None
-) -> list[str]:
-    """How ``manager`` is built differently from the saved one; ``keys`` holds the
-    :func:`_key_entry` of each of its stream keys."""
-    found = []
-    if doc["track_batches"] != manager.track_batches:
-        found.append(
-            f"track_batches: saved {doc['track_batches']}, this manager has {manager.track_batches}"
-        )
-    saved = doc["rngs"]
-    if (saved is None) != (keys is None):
-        found.append(
-            f"rngs: saved {'no rngs' if saved is None else 'streams ' + str(sorted(saved))}, "
-            f"this manager has {'no rngs' if keys is None else 'streams ' + str(sorted(keys))}"
-        )
-    elif saved is not None and keys is not None:
-        if set(saved) != set(keys):
-            found.append(
-                f"rngs streams: saved {sorted(saved)}, this manager has {sorted(keys)} "
-                f"(missing here: {sorted(set(saved) - set(keys))}, "
-                f"not saved: {sorted(set(keys) - set(saved))})"
-            )
-        for name in sorted(set(saved) & set(keys)):
-            s, mine = saved[name], keys[name]
-            if (s["typed"], s["impl"]) != (mine["typed"], mine["impl"]):
-                kind = f"a typed {mine['impl']} key" if mine["typed"] else "a raw key"
-                was = f"a typed {s['impl']} key" if s["typed"] else "a raw key"
-                found.append(f"rngs[{name!r}]: saved {was}, this manager has {kind}")
-            elif mine["key_shape"] != s["key_shape"]:
-                found.append(
-                    f"rngs[{name!r}]: saved a key of shape {tuple(s['key_shape'])}, this "
-                    f"manager has shape {tuple(mine['key_shape'])}"
-                )
-    return found
+def _key_kind(key: Any) -> tuple[bool, str | None, tuple[int, ...]]:
+    if is_key(key):
+        return True, str(jax.random.key_impl(key)), tuple(key.shape)
+    return False, None, tuple(np.shape(key))
 
 
-def restore_manager(manager: MetadataManager, doc: dict[str, Any], where: str) -> MetadataManager:
-    """Sets ``manager``'s state to the saved state in ``doc``, all or nothing.
+def _kind_text(typed: bool, impl: str | None) -> str:
+    return f"a typed {impl} key" if typed else "a raw key"
 
-    Args:
-        manager: A manager built like the saved one (same streams, same ``track_batches``).
-        doc: A document from :func:`snapshot_manager`.
-        where: The file ``doc`` was read from, for error messages.
 
-    Returns:
-        ``manager``, updated.
+def manager_differences(template: Position, saved: Position) -> list[str]:
+    """How a manager at ``template`` is built differently from the saved one: its
+    ``track_batches``, its stream names, and each stream's key kind (typed or raw, impl) and
+    shape. Counters, keys and counts may differ: those are what a restore brings back.
 
-    Raises:
-        MetadataCheckpointError: ``manager`` is built differently from the saved manager; the
-            message lists every difference. ``manager`` is then left unchanged.
+    Examples:
+        >>> from flax import nnx
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import manager_differences
+        >>> saved = read_position(MetadataManager(rngs=nnx.Rngs(metadata=0)))
+        >>> template = read_position(MetadataManager(rngs=nnx.Rngs(metadata=1, noise=2)))
+        >>> print(*manager_differences(template, saved))
+        rngs streams: saved ['metadata'], this manager has ['metadata', 'noise'] (missing
+        here: [], not saved: ['noise'])
     """
-    streams = None if manager.rngs is None else dict(manager.rngs.items())
-    keys = None
-    if streams is not None:
-        keys = {
-            name: _key_entry(_read(stream.key), f"manager.rngs[{name!r}]")
-            for name, stream in streams.items()
-        }
-    differences = _differences(manager, doc, keys)
-    if differences:
-        raise MetadataCheckpointError(
-            f"{where}: the manager to restore into is built differently from the saved one: "
-            + "; ".join(differences)
-            + ". Build it with the same nnx.Rngs streams and track_batches as the saved run."
+    found = []
+    if saved.track_batches != template.track_batches:
+        found.append(
+            f"track_batches: saved {saved.track_batches}, this manager has {template.track_batches}"
         )
-    counters = doc["state"]
-    new_state = {k: counters[k] for k in _STATE_KEYS}
-    for k in _STATE_KEYS:
-        if not (type(new_state[k]) is int or (k == "batch_idx" and new_state[k] is None)):
-            raise MetadataCheckpointError(f"{where}: state[{k!r}] is {new_state[k]!r}.")
-    updates = []
-    if doc["rngs"] is not None and streams is not None and keys is not None:
-        for name, stream in streams.items():
-            s = doc["rngs"][name]
-            try:
-                if s["count_shape"] == [] and len(s["count"]) == 1:
-                    count = np.array(s["count"][0], dtype=np.uint32)
-                else:
-                    count = np.asarray(s["count"], dtype=np.uint32).reshape(s["count_shape"])
-                if s["typed"] and keys[name]["key_data"] == s["key_data"]:
-                    # The manager was built with the saved key (the usual resume): keeping the
-                    # very object spares a new key's first use and keeps its derived keys.
-                    key = None
-                else:
-                    data = np.asarray(s["key_data"], dtype=np.uint32)
-                    if s["typed"]:
-                        data = data.reshape(*s["key_shape"], -1)
-                        key = wrap_key(data, s["impl"], f"{where}: rngs[{name!r}]")
-                    else:
-                        key = jax.numpy.asarray(data.reshape(s["key_shape"]))
-            except (ValueError, OverflowError) as e:
-                raise MetadataCheckpointError(f"{where}: rngs[{name!r}] is malformed ({e}).") from e
-            updates.append((stream, key, count))
-    _write(manager.state, new_state)
-    if manager.shard_id != doc["shard_id"]:
-        manager.shard_id = doc["shard_id"]
-    for stream, key, count in updates:
-        if key is not None:
-            _write(stream.key, key)
-        _write(stream.count, count)
-    return manager
+    mine, theirs = template.streams, saved.streams
+    if mine is None or theirs is None:
+        if (mine is None) != (theirs is None):
+            have = "no rngs" if mine is None else f"streams {sorted(mine)}"
+            was = "no rngs" if theirs is None else f"streams {sorted(theirs)}"
+            found.append(f"rngs: saved {was}, this manager has {have}")
+        return found
+    if set(mine) != set(theirs):
+        found.append(
+            f"rngs streams: saved {sorted(theirs)}, this manager has {sorted(mine)} "
+            f"(missing here: {sorted(set(theirs) - set(mine))}, "
+            f"not saved: {sorted(set(mine) - set(theirs))})"
+        )
+    for name in sorted(set(mine) & set(theirs)):
+        m_typed, m_impl, m_shape = _key_kind(mine[name].key)
+        s_typed, s_impl, s_shape = _key_kind(theirs[name].key)
+        if (m_typed, m_impl) != (s_typed, s_impl):
+            found.append(
+                f"rngs[{name!r}]: saved {_kind_text(s_typed, s_impl)}, this manager has "
+                f"{_kind_text(m_typed, m_impl)}"
+            )
+        elif m_shape != s_shape:
+            found.append(
+                f"rngs[{name!r}]: saved a key of shape {s_shape}, this manager has shape {m_shape}"
+            )
+    return found

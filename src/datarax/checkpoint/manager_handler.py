@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
+from collections.abc import Coroutine
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -12,16 +16,17 @@ from datarax.checkpoint.errors import MetadataCheckpointError, check_args
 from datarax.checkpoint.integrity import (
     process_file_name,
     read_process_document,
-    write_document,
     write_document_async,
     write_item_manifest,
 )
 from datarax.checkpoint.manager_codec import (
-    KIND,
+    MANAGER_KIND,
+    decode_manager,
     describe_manager,
-    restore_manager,
-    snapshot_manager,
+    encode_manager,
+    manager_differences,
 )
+from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
 
 
@@ -30,18 +35,21 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
 
     The item holds the manager's counters, ``shard_id``, ``track_batches`` and every
     ``nnx.Rngs`` stream (key data, typed or raw, impl, and count): the logical position, so
-    the next ``create_metadata()`` after a restore continues exactly where the saved run
-    would have. Each process writes and reads its own file, ``process_<i>.jsonl``; restoring
-    with a different number of processes is an error that names both counts.
+    the next ``create_metadata()`` of the restored manager continues exactly where the saved
+    run would have. Each process writes and reads its own file, ``process_<i>.jsonl``;
+    restoring with a different number of processes is an error that names both counts.
 
-    The state (a few host values) is copied when :class:`MetadataManagerSave` is built, at
-    the ``save`` call; the file is written in the commit future that :meth:`async_save`
-    returns, so ``CheckpointManager.save`` returns at once and the manager may advance
-    immediately.
+    What is saved is the manager's position when ``CheckpointManager.save`` is called (in
+    one instant, even with a loader thread creating records meanwhile), however long before
+    the :class:`MetadataManagerSave` args were built; the file is written in the commit
+    future that :meth:`async_save` returns, so the manager may advance at once. A restore
+    returns a *new* manager; the one given to :class:`MetadataManagerRestore`, if any, is
+    only checked against the saved one and never changed.
 
     You rarely build this handler yourself: :class:`MetadataManagerSave` and
     :class:`MetadataManagerRestore` are registered with it, so a plain
-    ``ocp.CheckpointManager`` finds it inside ``ocp.args.Composite``.
+    ``ocp.CheckpointManager`` finds it inside ``ocp.args.Composite``, and restores the item
+    with no args at all in a fresh process.
 
     Examples:
         >>> import tempfile
@@ -56,12 +64,13 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         ...     _ = mngr.save(1, args=ocp.args.Composite(data=MetadataManagerSave(manager)))
         ...     mngr.wait_until_finished()
         ...     saved_next = manager.create_metadata(record_key=1)  # advance past the save
-        ...     fresh = MetadataManager(rngs=nnx.Rngs(metadata=123))
+        ...     template = MetadataManager(rngs=nnx.Rngs(metadata=123))
         ...     restored = mngr.restore(
-        ...         1, args=ocp.args.Composite(data=MetadataManagerRestore(fresh)))
-        >>> restored["data"] is fresh
-        True
-        >>> resumed = fresh.create_metadata(record_key=1)
+        ...         1, args=ocp.args.Composite(data=MetadataManagerRestore(template)))
+        >>> resumed_manager = restored["data"]
+        >>> resumed_manager is template, template.state.get_value()["index"]
+        (False, 0)
+        >>> resumed = resumed_manager.create_metadata(record_key=1)
         >>> same_key = jax.random.key_data(resumed.rng_key) == jax.random.key_data(
         ...     saved_next.rng_key)
         >>> (resumed.index, bool(same_key.all()))
@@ -71,7 +80,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
     async def async_save(
         self, directory: epath.Path, args: MetadataManagerSave
     ) -> list[ocp.future.Future]:
-        """Returns the future that writes the state copied by ``args``.
+        """Copies the manager's position now and returns the future that writes it.
 
         Args:
             directory: The item directory (it may be created asynchronously by Orbax; the
@@ -83,10 +92,19 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
 
         Raises:
             TypeError: ``args`` is not a :class:`MetadataManagerSave`.
-            MetadataCheckpointError: The state holds a non-concrete value.
+            MetadataCheckpointError: The manager was changed, since the args were built, into
+                something that cannot be saved (see :class:`MetadataManagerSave`); Orbax may
+                then leave a temporary directory behind, as for any item that fails here.
         """
         check_args("MetadataManagerCheckpointHandler", "save", args, MetadataManagerSave, "manager")
-        doc = args.take_snapshot()
+        try:
+            doc = encode_manager(read_position(args.manager))
+        except MetadataCheckpointError as e:
+            raise MetadataCheckpointError(
+                f"{e} The manager changed after its MetadataManagerSave was built; Orbax may "
+                "leave an unfinished temporary directory for this step, which it removes when "
+                "the step is saved again."
+            ) from None
         path = epath.Path(directory) / process_file_name(doc["process_index"])
         return [
             ocp.future.CommitFutureAwaitingContractedSignals(
@@ -95,40 +113,73 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         ]
 
     def save(self, directory: epath.Path, args: MetadataManagerSave) -> None:
-        """Saves synchronously (what the commit future of :meth:`async_save` does, now)."""
-        check_args("MetadataManagerCheckpointHandler", "save", args, MetadataManagerSave, "manager")
-        doc = args.take_snapshot()
-        write_document(epath.Path(directory) / process_file_name(doc["process_index"]), doc)
-        if doc["process_count"] == 1:  # complete: Orbax's finalize writes the same manifest
+        """Saves synchronously: :meth:`async_save`, then its commit future, now. A single
+        process's item is then complete: its manifest is written (``finalize``, which Orbax's
+        checkpointers call next, writes the same one)."""
+        _run_now(self.async_save(directory, args))
+        if jax.process_count() == 1:
             write_item_manifest(directory)
 
-    def finalize(self, directory: epath.Path) -> None:
-        """Writes ``item_manifest.jsonl``, which ties every process's file to this save.
-        Orbax calls this on its primary process once every process has committed."""
-        write_item_manifest(directory)
+    def restore(
+        self, directory: epath.Path, args: MetadataManagerRestore | None = None
+    ) -> MetadataManager:
+        """A new manager at the saved position.
 
-    def restore(self, directory: epath.Path, args: MetadataManagerRestore) -> MetadataManager:
-        """Restores this process's saved state into ``args.manager`` and returns it.
+        Args:
+            directory: The item directory.
+            args: Optionally a template manager that the saved one must be built like.
+
+        Returns:
+            A new :class:`~datarax.core.metadata.MetadataManager`; ``args.manager`` is never
+            changed.
 
         Raises:
             TypeError: ``args`` is not a :class:`MetadataManagerRestore`.
             MetadataCheckpointError: The item is missing, damaged, of a newer format, saved
                 by another number of processes, or saved from a manager built differently
-                (the manager is then left unchanged).
+                from the template.
         """
-        check_args(
-            "MetadataManagerCheckpointHandler", "restore", args, MetadataManagerRestore, "manager"
-        )
-        doc, where = read_process_document(directory, KIND, "MetadataManagerRestore")
-        try:
-            return restore_manager(args.manager, doc, where)
-        except (KeyError, TypeError) as e:
-            raise MetadataCheckpointError(f"{where}: malformed manager document ({e!r}).") from e
+        if args is not None:
+            check_args(
+                "MetadataManagerCheckpointHandler", "restore", args, MetadataManagerRestore, ""
+            )
+        doc, where = read_process_document(directory, MANAGER_KIND, "MetadataManagerRestore")
+        position = decode_manager(doc, where)
+        if args is not None and args.manager is not None:
+            differences = manager_differences(read_position(args.manager), position)
+            if differences:
+                raise MetadataCheckpointError(
+                    f"{where}: the template manager is built differently from the saved one: "
+                    + "; ".join(differences)
+                    + ". Build it with the same nnx.Rngs streams and track_batches as the "
+                    "saved run, or restore with MetadataManagerRestore() to build the manager "
+                    "from the checkpoint alone."
+                )
+        return build_manager(position)
 
     def metadata(self, directory: epath.Path) -> dict[str, Any]:
         """Describes the saved item: format version, process count, counters, streams."""
-        doc, _ = read_process_document(directory, KIND, "MetadataManagerRestore")
-        return describe_manager(doc)
+        doc, where = read_process_document(directory, MANAGER_KIND, "MetadataManagerRestore")
+        return describe_manager(doc, where)
+
+    def finalize(self, directory: epath.Path) -> None:
+        """Writes ``item_manifest.jsonl``, which ties every process's file to this save.
+        Orbax runs this once, on its primary process, after every process committed."""
+        write_item_manifest(directory)
+
+
+def _run_now(save: Coroutine[Any, Any, list[ocp.future.Future]]) -> None:
+    """Runs an ``async_save`` coroutine and waits for its commit futures, from any thread
+    (inside a running event loop, a notebook's for instance, on a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        futures = asyncio.run(save)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            futures = pool.submit(asyncio.run, save).result()
+    for future in futures:
+        future.result()
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_save=True)
@@ -137,68 +188,74 @@ class MetadataManagerSave(ocp.args.CheckpointArgs):
     """Saves a :class:`~datarax.core.metadata.MetadataManager` (see
     :class:`MetadataManagerCheckpointHandler`).
 
+    The manager is checked when these args are built, so that a manager that cannot be
+    saved (a negative counter, a tracer inside a JAX transformation) fails at the ``save``
+    call, before Orbax creates any directory. Its position is copied later, when
+    ``CheckpointManager.save`` is called: args may be built once and reused for every save.
+
     Attributes:
-        manager: The manager to save. Its state is copied (and checked) when these args are
-            built, at the ``save`` call; args used a second time copy the state again then.
+        manager: The manager to save.
 
     Examples:
         >>> from datarax.core.metadata import MetadataManager
         >>> from datarax.checkpoint import MetadataManagerSave
-        >>> MetadataManagerSave(MetadataManager()).manager.state.get_value()["index"]
-        0
+        >>> manager = MetadataManager()
+        >>> MetadataManagerSave(manager).manager is manager
+        True
+        >>> manager.state.set_value({**manager.state.get_value(), "epoch": -1})
+        >>> MetadataManagerSave(manager)
+        Traceback (most recent call last):
+        ...
+        datarax.checkpoint.MetadataCheckpointError: Cannot save manager.state['epoch']: ...
     """
 
     manager: MetadataManager
-    _snapshot: dict[str, Any] | None = dataclasses.field(
-        default=None, init=False, repr=False, compare=False
-    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.manager, MetadataManager):
             raise TypeError(
                 f"MetadataManagerSave expects a MetadataManager, got {type(self.manager).__name__}."
             )
-        # Copy and check the state now, before Orbax starts the save: an error raised from
-        # inside Orbax's async save would leave its directory-creation threads waiting.
-        self._snapshot = snapshot_manager(self.manager)
-
-    def take_snapshot(self) -> dict[str, Any]:
-        """The state copied when these args were built, or, if they were used already
-        (args reused for another save), the state now."""
-        snapshot, self._snapshot = self._snapshot, None
-        return snapshot_manager(self.manager) if snapshot is None else snapshot
+        # Raised from inside Orbax's async save, an error would leave Orbax's
+        # directory-creation thread waiting, and the directory behind: check now.
+        encode_manager(read_position(self.manager))
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_restore=True)
 @dataclasses.dataclass
 class MetadataManagerRestore(ocp.args.CheckpointArgs):
-    """Restores into a :class:`~datarax.core.metadata.MetadataManager` built like the saved one.
+    """Restores a new :class:`~datarax.core.metadata.MetadataManager` at the saved position.
 
-    The restore returns ``manager`` itself, updated; a manager with other ``nnx.Rngs``
-    streams or another ``track_batches`` is a
-    :class:`~datarax.checkpoint.MetadataCheckpointError` naming the difference.
+    With a template, the saved manager must have been built like it (the same ``nnx.Rngs``
+    streams, with keys of the same impl and shape, and the same ``track_batches``); a
+    difference is a :class:`~datarax.checkpoint.MetadataCheckpointError` listing every one.
+    The template itself is never changed, so a restore that fails (this item or any other
+    of the ``Composite``) leaves it as it was. Without a template the manager is built from
+    the checkpoint alone, as ``CheckpointManager.restore(step)`` with no args does.
 
     Attributes:
-        manager: The manager to update.
+        manager: Optional template manager.
 
     Examples:
         >>> from flax import nnx
         >>> from datarax.core.metadata import MetadataManager
         >>> from datarax.checkpoint import MetadataManagerRestore
-        >>> manager = MetadataManager(rngs=nnx.Rngs(metadata=0))  # built like the saved one
-        >>> MetadataManagerRestore(manager).manager is manager
+        >>> template = MetadataManager(rngs=nnx.Rngs(metadata=0))  # built like the saved one
+        >>> MetadataManagerRestore(template).manager is template
+        True
+        >>> MetadataManagerRestore().manager is None  # build it from the checkpoint alone
         True
         >>> MetadataManagerRestore("not a manager")
         Traceback (most recent call last):
         ...
-        TypeError: MetadataManagerRestore expects the MetadataManager to restore into, got str.
+        TypeError: MetadataManagerRestore expects a template MetadataManager or None, got str.
     """
 
-    manager: MetadataManager
+    manager: MetadataManager | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.manager, MetadataManager):
+        if self.manager is not None and not isinstance(self.manager, MetadataManager):
             raise TypeError(
-                "MetadataManagerRestore expects the MetadataManager to restore into, got "
+                "MetadataManagerRestore expects a template MetadataManager or None, got "
                 f"{type(self.manager).__name__}."
             )

@@ -33,8 +33,10 @@ from datarax.checkpoint.documents import (
 from datarax.checkpoint.errors import MetadataCheckpointError, check_args
 from datarax.checkpoint.manifest import (
     ARRAYS_MANIFEST,
+    ITEM_MANIFEST,
     ItemDocument,
     read_item_document,
+    read_manifest,
     verify_files,
     write_item_manifest,
 )
@@ -173,7 +175,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         target = _NO_TARGET if args.target is None else args.target
         try:
             requests = global_requests(doc, target)
-            values = self._restore_arrays(directory, read, requests) if requests else {}
+            values = self._restore_arrays(directory, requests, read) if requests else {}
             if "blob" not in doc:
                 return decode_item(doc, where, target, values, checked=True)
             blob, digest = _read_blob(directory, doc)
@@ -186,10 +188,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             raise MetadataCheckpointError(f"{where}: malformed Metadata document ({e!r}).") from e
 
     def _restore_arrays(
-        self, directory: epath.Path, read: ItemDocument, requests: dict[str, Any]
+        self, directory: epath.Path, requests: dict[str, Any], read: ItemDocument | None = None
     ) -> dict[str, Any]:
-        if read.manifest is not None:
-            verify_files(directory, read.manifest["files"], str(directory / "item_manifest.jsonl"))
+        manifest = read_manifest(directory)[0] if read is None else read.manifest
+        if manifest is not None:
+            verify_files(directory, manifest["files"], str(directory / ITEM_MANIFEST))
         else:  # format version 1
             manifest = str(directory / ARRAYS_MANIFEST)
             _, listing = parse_document(read_item_file(directory, ARRAYS_MANIFEST), manifest)
@@ -257,6 +260,17 @@ async def _write_process_async(directory: epath.Path, encoded: EncodedItem) -> N
 
 _HASH_IN_BACKGROUND = 1 << 20
 _hasher: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def read_blob(directory: epath.Path, doc: dict[str, Any]) -> bytearray:
+    """The blob of ``doc``'s process (``process_<i>.bin``), checked against ``doc``.
+
+    Raises:
+        MetadataCheckpointError: Missing, of another size, or of another sha256.
+    """
+    data, digest = _read_blob(epath.Path(directory), doc)
+    _check_blob(epath.Path(directory), doc, digest.result())
+    return data
 
 
 def _read_blob(

@@ -11,6 +11,7 @@ from datarax.core._batch import create_batch
 from datarax.core._checks import check_counter, check_source_info
 from datarax.core._keys import encode_key_bytes
 from datarax.core._keystream import STREAM, reserve_keys
+from datarax.core._lock import POSITION_LOCK
 from datarax.core._record import PENDING, RecordMetadata
 
 _new = object.__new__
@@ -115,6 +116,11 @@ class MetadataManager(nnx.Module):
             encode_key_bytes(record_key)  # 32 characters are at most 128 bytes
         if source_info is not None and type(source_info) is not dict:
             check_source_info(source_info)
+        with POSITION_LOCK:
+            return self._create(record_key, source_info)
+
+    def _create(self, record_key: Any, source_info: dict[str, Any] | None) -> RecordMetadata:
+        """The fast path of :meth:`create_metadata`, under :data:`POSITION_LOCK`."""
         var = self.state
         s = var._raw_value
         if type(s) is not dict or type(s["index"]) is not int or type(s["global_step"]) is not int:
@@ -157,6 +163,12 @@ class MetadataManager(nnx.Module):
     ) -> RecordMetadata:
         """The straightforward path, for counters that are arrays or tracers (inside
         ``nnx`` transforms) and streams whose key is not a single key."""
+        with POSITION_LOCK:
+            return self._create_generic_locked(record_key, source_info)
+
+    def _create_generic_locked(
+        self, record_key: Any, source_info: dict[str, Any] | None
+    ) -> RecordMetadata:
         rng_key = None
         if self.rngs is not None and STREAM in vars(self.rngs):
             rng_key = getattr(self.rngs, STREAM)()
@@ -197,22 +209,26 @@ class MetadataManager(nnx.Module):
             ValueError: Keys not 1-D, or a ``str`` key longer than 128 UTF-8 bytes.
             OverflowError: Counters would pass the range of the integer dtype.
         """
-        return create_batch(self, record_keys, source_info)
+        with POSITION_LOCK:
+            return create_batch(self, record_keys, source_info)
 
     def next_epoch(self) -> None:
         """Advances to the next epoch: ``epoch + 1``, ``index`` back to 0."""
-        s = self.state.get_value()
-        self.state.set_value({**s, "epoch": s["epoch"] + 1, "index": 0})
+        with POSITION_LOCK:
+            s = self.state.get_value()
+            self.state.set_value({**s, "epoch": s["epoch"] + 1, "index": 0})
 
     def next_batch(self) -> None:
         """Advances ``batch_idx`` by one when tracking batches; otherwise does nothing."""
         if self.track_batches:
-            s = self.state.get_value()
-            self.state.set_value({**s, "batch_idx": s["batch_idx"] + 1})
+            with POSITION_LOCK:
+                s = self.state.get_value()
+                self.state.set_value({**s, "batch_idx": s["batch_idx"] + 1})
 
     def reset(self) -> None:
         """Resets ``global_step``, ``epoch`` and ``index`` to 0 (``batch_idx`` to 0 when
         tracking batches). The ``metadata`` stream is not rewound."""
-        s = self.state.get_value()
-        batch_idx = 0 if self.track_batches else s["batch_idx"]
-        self.state.set_value({"global_step": 0, "epoch": 0, "index": 0, "batch_idx": batch_idx})
+        with POSITION_LOCK:
+            s = self.state.get_value()
+            batch_idx = 0 if self.track_batches else s["batch_idx"]
+            self.state.set_value({"global_step": 0, "epoch": 0, "index": 0, "batch_idx": batch_idx})

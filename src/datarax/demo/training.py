@@ -189,7 +189,8 @@ class Trainer:
         )
 
     def restore(self, checkpointer: ocp.CheckpointManager, step: int) -> None:
-        """Restores checkpoint ``step`` into this trainer, in place."""
+        """Restores checkpoint ``step`` into this trainer: the model and optimizer in place,
+        and the source's manager replaced by the restored one."""
         model_state = nnx.state(self.model)
         optimizer_state = nnx.state(self.optimizer)
         restored = checkpointer.restore(
@@ -204,8 +205,7 @@ class Trainer:
         nnx.update(self.model, model_state)
         nnx.replace_by_pure_dict(optimizer_state, restored["optimizer"])
         nnx.update(self.optimizer, optimizer_state)
-        if restored["data"] is not self.manager:
-            raise RuntimeError("MetadataManagerRestore did not restore the manager in place.")
+        self.manager = self.source.manager = restored["data"]  # a new manager, as saved
         self.step = step
 
 
