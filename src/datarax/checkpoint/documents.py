@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from typing import Any
 
 import jax
@@ -156,12 +157,32 @@ def write_bytes(path: epath.Path | str, data: bytes) -> None:
         f.write(data)
 
 
+_WRITTEN: dict[str, dict[str, Any]] = {}
+_WRITTEN_LOCK = threading.Lock()
+_WRITTEN_KEPT = 256
+
+
 def write_document(path: epath.Path | str, doc: dict[str, Any]) -> None:
     """Writes one document file. A process document (one with a ``process_index``) without
-    a ``save`` entry gets one (see :func:`save_stamp`), naming this save and its step."""
+    a ``save`` entry gets one (see :func:`save_stamp`), naming this save and its step; its
+    size and sha256 are remembered for :func:`written_header` (the manifest needs them)."""
     if "process_index" in doc and "save" not in doc:
         doc = stamp(doc, epath.Path(path).parent)
-    write_bytes(path, dumps_document(doc))
+    data = dumps_document(doc)
+    write_bytes(path, data)
+    if "process_index" in doc:
+        header = json.loads(data[: data.index(b"\n")])
+        with _WRITTEN_LOCK:
+            if len(_WRITTEN) >= _WRITTEN_KEPT:  # saves that never finalized
+                _WRITTEN.pop(next(iter(_WRITTEN)))
+            _WRITTEN[os.fspath(path)] = {"size": header["size"], "sha256": header["sha256"]}
+
+
+def written_header(path: epath.Path | str) -> dict[str, Any] | None:
+    """``{"size", "sha256"}`` of the document this process wrote at ``path`` (forgotten once
+    asked for), or ``None``: then read it from the file."""
+    with _WRITTEN_LOCK:
+        return _WRITTEN.pop(os.fspath(path), None)
 
 
 async def write_document_async(path: epath.Path | str, doc: dict[str, Any]) -> None:

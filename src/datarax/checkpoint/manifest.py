@@ -35,6 +35,7 @@ from datarax.checkpoint.documents import (
     process_file_name,
     step_of,
     write_bytes,
+    written_header,
 )
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.safe_files import check_relative, read_item_file
@@ -88,8 +89,11 @@ def write_item_manifest(directory: epath.Path | str) -> None:
     documents, blobs = {}, {}
     for i in range(count):
         name = process_file_name(i)
-        header = _header_of(directory, name)
-        documents[name] = {"size": header["size"], "sha256": header["sha256"]}
+        known = written_header(os.path.join(os.fspath(directory), name))
+        if known is None:  # another process's document: its header line only is read
+            header = _header_of(directory, name)
+            known = {"size": header["size"], "sha256": header["sha256"]}
+        documents[name] = known
     names = {path.name for path in directory.iterdir()}
     for i in range(count):
         if blob_file_name(i) in names:  # its digest is in the document: no need to reread it
