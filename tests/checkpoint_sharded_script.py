@@ -98,18 +98,45 @@ def main() -> None:
             for p in item_dir.rglob("*")
             if p.is_file() and p.name != "commit_success.txt"  # Orbax's marker, not ours
         )
-        assert any(f.name == "arrays_manifest.jsonl" for f in files), files
+        assert any(f.name == "item_manifest.jsonl" for f in files), files
         assert len(files) > 5, files
         for rel in files:
             for how in ("delete", "truncate", "flip"):
                 _check_damage(item_dir, rel, how)
         print(f"{len(files)} files x 3 damages: each an error naming the file")
+        _check_mixed_saves(pathlib.Path(tmp), item)
     print("OK")
+
+
+def _check_mixed_saves(root: pathlib.Path, item: Metadata) -> None:
+    """A second save of other values at step 2; files of steps 1 and 2 mixed in one item
+    (the process document of one, every other file of the other) are an error naming the
+    document, whichever way round."""
+    other = item.replace(index=item.index + 1, global_step=78)
+    with ocp.CheckpointManager(root) as mngr:
+        mngr.save(2, args=ocp.args.Composite(meta=MetadataSave(other)))
+        mngr.wait_until_finished()
+    for doc_from, rest_from in ((1, 2), (2, 1)):
+        with tempfile.TemporaryDirectory() as tmp:
+            mixed = pathlib.Path(tmp) / str(rest_from) / "meta"
+            shutil.copytree(root / str(rest_from) / "meta", mixed)
+            shutil.copy(root / str(doc_from) / "meta" / "process_0.jsonl", mixed)
+            try:
+                restored = MetadataCheckpointHandler().restore(mixed, MetadataRestore())
+            except MetadataCheckpointError as e:
+                assert "process_0.jsonl" in str(e), e
+            else:
+                raise AssertionError(
+                    f"document of step {doc_from} with arrays of step {rest_from} restored "
+                    f"without an error: index {restored.index}, global_step "
+                    f"{restored.global_step}"
+                )
+    print("documents and arrays of two saves mixed: each an error naming the document")
 
 
 def _check_damage(item_dir: pathlib.Path, rel: pathlib.Path, how: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        copy = pathlib.Path(tmp) / "meta"
+        copy = pathlib.Path(tmp) / "1" / "meta"  # the same step as the original
         shutil.copytree(item_dir, copy)
         path = copy / rel
         data = path.read_bytes()

@@ -154,18 +154,43 @@ trees = st.recursive(
 )
 
 
-@given(trees)
-def test_metadata_trees_round_trip_exactly_through_a_document(tree):
+@given(trees, st.sampled_from([None, -1]))
+def test_metadata_trees_round_trip_exactly_through_a_document(tree, threshold):
     encoded = encode_item(tree)
     assert encoded.global_arrays == {}
-    doc = loads_document(dumps_document(encoded.doc), "memory")
-    assert_exact(decode_item(doc, "memory"), tree)
-    assert_exact(decode_item(doc, "memory", tree), tree)
+    doc, parts = encoded.finish() if threshold is None else encoded.finish(threshold)
+    assert ("blob" in doc) == (threshold == -1 and bool(encoded.host_arrays))
+    blob = bytearray(b"".join(bytes(p) for p in parts)) if "blob" in doc else None
+    doc = loads_document(dumps_document(doc), "memory")
+    assert_exact(decode_item(doc, "memory", blob=blob), tree)
+    assert_exact(decode_item(doc, "memory", tree, blob=blob), tree)
 
 
 def test_a_jax_counter_stays_a_jax_array_and_ints_stay_ints():
     m = Metadata(index=jnp.int32(3), epoch=2, global_step=np.int64(1))
-    out = decode_item(encode_item(m).doc, "memory")
+    out = decode_item(encode_item(m).finish()[0], "memory")
     assert isinstance(out.index, jax.Array) and out.index.dtype == jnp.int32
     assert type(out.epoch) is int
     assert type(out.global_step) is np.int64
+
+
+PROGRESSIONS = {
+    "arange": (np.arange(1000, dtype=np.int32) + 7, [7, 1]),
+    "constant": (np.full((4, 8), 3, np.int16), [3, 0]),
+    "wrapping int8": (np.arange(300).astype(np.int8), [0, 1]),
+    "descending uint8": (np.arange(40, 0, -1).astype(np.uint8), None),  # step -1 fits no uint8
+    "int64 beyond 2**53": (np.arange(20, dtype=np.int64) * 3 + 2**62, [2**62, 3]),
+    "almost": (np.concatenate([np.arange(99), [0]]).astype(np.int32), None),
+    "too short": (np.arange(15, dtype=np.int32), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRESSIONS))
+def test_integer_progressions_are_saved_as_fills_and_come_back_exactly(name):
+    array, fill = PROGRESSIONS[name]
+    item = Metadata(index=array, rng_key=np.arange(2, dtype=np.uint32))
+    doc, parts = encode_item(item).finish(threshold=-1)
+    assert doc["nodes"][0]["fields"]["index"]["array"].get("fill") == fill
+    blob = bytearray(b"".join(bytes(p) for p in parts)) if "blob" in doc else None
+    out = decode_item(loads_document(dumps_document(doc), "memory"), "memory", blob=blob)
+    assert_exact(out, item)

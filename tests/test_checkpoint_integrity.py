@@ -25,6 +25,7 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
+from datarax.checkpoint.integrity import FORMAT_VERSION
 from datarax.core.metadata import Metadata, MetadataManager
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v1"
@@ -92,8 +93,9 @@ def _set_header_version(path: epath.Path, version: int) -> None:
 
 def test_a_newer_format_version_is_a_clear_error(tmp_path):
     directory = _copy_fixture("manager", tmp_path)
-    _set_header_version(directory / "process_0.jsonl", 2)
-    with pytest.raises(MetadataCheckpointError, match=r"format version 2, newer .*\(up to 1\)"):
+    _set_header_version(directory / "process_0.jsonl", FORMAT_VERSION + 1)
+    newer = rf"format version {FORMAT_VERSION + 1}, newer .*\(up to {FORMAT_VERSION}\)"
+    with pytest.raises(MetadataCheckpointError, match=newer):
         MetadataManagerCheckpointHandler().restore(
             directory, MetadataManagerRestore(_fixture_manager())
         )
@@ -187,3 +189,27 @@ def test_damage_anywhere_is_an_error(kind, file_index, how, position, mask):
 def test_a_missing_item_is_an_error(tmp_path):
     with pytest.raises(MetadataCheckpointError, match="holds no datarax checkpoint item"):
         _restore_manager(epath.Path(tmp_path))
+
+
+@pytest.mark.parametrize("records", [10_000, 200_000])  # hashed inline, hashed in background
+@pytest.mark.parametrize("how", ["flip", "truncate", "swap"])
+def test_a_damaged_or_swapped_blob_is_an_error_naming_it(tmp_path, records, how):
+    def save(directory: pathlib.Path, seed: int) -> None:
+        directory.mkdir(parents=True)
+        keys = jax.random.split(jax.random.key(seed), records)
+        item = Metadata(index=np.arange(records), rng_key=keys)
+        MetadataCheckpointHandler().save(epath.Path(directory), MetadataSave(item))
+
+    save(tmp_path / "a", 1)
+    save(tmp_path / "b", 2)
+    blob = tmp_path / "a" / "process_0.bin"
+    data = blob.read_bytes()
+    assert len(data) == records * 8 + (-records * 8 % 64)  # the keys; index is a fill
+    if how == "flip":
+        blob.write_bytes(data[:100] + bytes([data[100] ^ 4]) + data[101:])
+    elif how == "truncate":
+        blob.write_bytes(data[:-1])
+    else:  # the blob of another save, of the same size
+        shutil.copy(tmp_path / "b" / "process_0.bin", blob)
+    with pytest.raises(MetadataCheckpointError, match=r"process_0\.bin"):
+        _restore_metadata(epath.Path(tmp_path / "a"))

@@ -19,7 +19,12 @@ from datarax.checkpoint import (
     MetadataManagerSave,
     MetadataSave,
 )
-from datarax.checkpoint.integrity import dumps_document, loads_document
+from datarax.checkpoint.integrity import (
+    FORMAT_VERSION,
+    dumps_document,
+    loads_document,
+    write_item_manifest,
+)
 from datarax.core.metadata import MetadataManager
 
 
@@ -119,7 +124,7 @@ def test_composite_with_model_state_as_in_the_spec(tmp_path):
     assert manager_state(restored["data"]) == manager_state(reference)
     assert next_records(restored["data"], 8) == next_records(reference, 8)
     info = described["data"]
-    assert info["format_version"] == 1 and info["process_count"] == 1
+    assert info["format_version"] == FORMAT_VERSION and info["process_count"] == 1
     assert info["kind"] == "MetadataManager"
     assert info["streams"]["metadata"]["impl"] == "rbg"
     assert set(info["streams"]) == {"metadata", "params", "dropout"}
@@ -201,6 +206,7 @@ def test_saved_without_rngs_refuses_a_manager_with_rngs(tmp_path):
 def _rewrite(path: epath.Path, **changes: object) -> None:
     doc = loads_document(path.read_bytes(), str(path))
     path.write_bytes(dumps_document({**doc, **changes}))
+    write_item_manifest(path.parent)  # re-listed: only the document's content is wrong
 
 
 def test_a_different_process_count_names_both_counts(tmp_path):
@@ -249,9 +255,12 @@ def test_document_is_plain_json_lines(tmp_path):
     manager = MetadataManager(rngs=nnx.Rngs(metadata=5), shard_id=2)
     manager.create_metadata(record_key=0)
     MetadataManagerCheckpointHandler().save(directory, MetadataManagerSave(manager))
-    assert [p.name for p in directory.iterdir()] == ["process_0.jsonl"]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "item_manifest.jsonl",
+        "process_0.jsonl",
+    ]
     header, body = (directory / "process_0.jsonl").read_text().split("\n")
-    assert json.loads(header)["format_version"] == 1
+    assert json.loads(header)["format_version"] == FORMAT_VERSION
     doc = json.loads(body)
     assert doc["state"] == {"global_step": 1, "epoch": 0, "index": 1, "batch_idx": None}
     assert doc["shard_id"] == 2

@@ -19,7 +19,12 @@ from datarax.checkpoint import (
     MetadataManagerRestore,
     MetadataManagerSave,
 )
-from datarax.checkpoint.integrity import dumps_document, loads_document, process_header
+from datarax.checkpoint.integrity import (
+    dumps_document,
+    loads_document,
+    process_header,
+    write_item_manifest,
+)
 from datarax.checkpoint.manager_codec import MANAGER_KIND, decode_manager, encode_manager
 from datarax.core._position import build_manager
 from datarax.core.metadata import MetadataManager
@@ -104,6 +109,7 @@ def test_a_crafted_document_is_refused_naming_the_field(tmp_path, case):
     change, field = CRAFTED[case]
     path, doc = _saved_document(tmp_path)
     path.write_bytes(dumps_document(change(doc)))
+    write_item_manifest(path.parent)  # re-listed: only the document's content is wrong
     with pytest.raises(MetadataCheckpointError, match=field) as err:
         MetadataManagerCheckpointHandler().restore(
             path.parent,
@@ -118,6 +124,7 @@ def test_batch_idx_without_track_batches_is_refused(tmp_path):
     path = directory / "process_0.jsonl"
     doc = loads_document(path.read_bytes(), str(path))
     path.write_bytes(dumps_document({**doc, "state": {**doc["state"], "batch_idx": 0}}))
+    write_item_manifest(directory)
     with pytest.raises(MetadataCheckpointError, match=r"state\['batch_idx'\]"):
         MetadataManagerCheckpointHandler().restore(
             directory, MetadataManagerRestore(MetadataManager())
@@ -140,6 +147,7 @@ def test_a_raw_key_round_trips_and_a_raw_key_with_an_impl_is_refused(tmp_path):
     doc = loads_document(path.read_bytes(), str(path))
     entry = {**doc["rngs"]["metadata"], "impl": "threefry2x32"}
     path.write_bytes(dumps_document({**doc, "rngs": {"metadata": entry}}))
+    write_item_manifest(directory)
     with pytest.raises(MetadataCheckpointError, match=r"rngs\['metadata'\].impl"):
         handler.restore(directory, MetadataManagerRestore(template))
 

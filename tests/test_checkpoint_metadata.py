@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from checkpoint_oracle import assert_exact
 from etils import epath
+from flax import nnx
 
 from datarax.checkpoint import (
     MetadataCheckpointError,
@@ -19,7 +21,8 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
-from datarax.core.metadata import Metadata, create_metadata
+from datarax.checkpoint.records import record_to_metadata
+from datarax.core.metadata import Metadata, MetadataManager, create_metadata
 
 B = 6
 SOURCE_INFO = {
@@ -95,7 +98,7 @@ def test_round_trip_through_checkpoint_manager(tmp_path, name):
         )
         described = mngr.item_metadata(3)["meta"]
     assert_exact(restored["meta"], item)
-    assert described["format_version"] == 1
+    assert described["format_version"] == 2
     assert described["process_count"] == 1
     assert described["restorable_without_target"] is True
 
@@ -242,3 +245,141 @@ def test_a_traced_item_is_refused(tmp_path):
         return m
 
     inside(Metadata(index=jnp.int32(1)))
+
+
+def test_args_built_early_save_the_values_at_the_save_call(tmp_path):
+    counters = np.arange(4)
+    info = {"files": ["a"]}
+    args = MetadataSave(Metadata(index=counters, source_info=info))  # built before the loop
+    counters[:] = 7  # the program goes on using its buffers
+    info["files"].append("b")
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(1, args=ocp.args.Composite(meta=args))
+        counters[:] = 99
+        info["files"].append("c")
+        mngr.save(2, args=ocp.args.Composite(meta=args))  # the same args, reused
+        counters[:] = 100
+        mngr.wait_until_finished()
+        first, second = (
+            mngr.restore(step, args=ocp.args.Composite(meta=MetadataRestore()))["meta"]
+            for step in (1, 2)
+        )
+    assert_exact(first, Metadata(index=np.full(4, 7), source_info={"files": ["a", "b"]}))
+    assert_exact(second, Metadata(index=np.full(4, 99), source_info={"files": ["a", "b", "c"]}))
+
+
+def test_int64_saved_with_x64_is_an_error_without_it_never_narrowed(tmp_path):
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    with jax.enable_x64(True):
+        big = jnp.arange(3, dtype=jnp.int64) + 2**40
+        handler.save(directory, MetadataSave({"m": Metadata(index=big, epoch=np.int64(2**40))}))
+        restored = handler.restore(directory)["m"]
+        assert restored.index.dtype == jnp.int64 and restored.index.tolist()[0] == 2**40
+    with pytest.raises(
+        MetadataCheckpointError,
+        match=r"item\['m'\]\.index: saved as a JAX array of dtype int64.*jax_enable_x64 is off",
+    ):
+        handler.restore(directory)
+    as_numpy = handler.restore(
+        directory, MetadataRestore({"m": Metadata(index=np.zeros(3, np.int64), epoch=np.int64(0))})
+    )
+    assert as_numpy["m"].index.tolist() == [2**40, 2**40 + 1, 2**40 + 2]
+
+
+def _nested(depth: int, leaf: Any, wrap: Any = list) -> Any:
+    return functools.reduce(lambda t, _: wrap([t]) if wrap is list else (t,), range(depth), leaf)
+
+
+PAIR = "\ud83d\ude00"  # one astral character written as two surrogate code points
+UNCARRIABLE = {
+    "huge int field": (lambda: Metadata(index=10**5000), r"item\.index: an int of more than 4300"),
+    "huge int value": (
+        lambda: Metadata(source_info={"n": [10**5000]}),
+        r"source_info\['n'\]\[0\]: an int of more",
+    ),
+    "huge int key": (
+        lambda: Metadata(source_info={10**5000: 1}),
+        r"source_info key <an int of 16610 bits>: an int of more than 4300 digits",
+    ),
+    "huge int item key": (lambda: {10**5000: Metadata()}, r"an int of more than 4300 digits"),
+    "tuples 490 deep": (
+        lambda: Metadata(source_info={"t": _nested(490, (), tuple)}),
+        r"source_info\['t'\]\[0\].*: source_info is nested more than 100 levels deep",
+    ),
+    "item 150 deep": (lambda: _nested(150, Metadata()), r"nested more than 100 levels deep"),
+    "item 100000 deep": (lambda: _nested(100_000, Metadata()), r"nested more than 100 levels"),
+    "surrogate pair value": (
+        lambda: Metadata(source_info={"s": PAIR}),
+        r"source_info\['s'\]: it is a str holding a surrogate pair",
+    ),
+    "surrogate pair key": (
+        lambda: Metadata(source_info={PAIR: 1, "\U0001f600": 2}),
+        r"source_info key '\\ud83d\\ude00': it is a str holding",
+    ),
+    "surrogate pair item key": (
+        lambda: {PAIR: Metadata()},
+        r"item key '\\ud83d\\ude00': it is a str holding",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNCARRIABLE))
+def test_what_json_cannot_carry_exactly_is_refused_at_the_save_call(tmp_path, case):
+    make, path = UNCARRIABLE[case]
+    item = make()
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        with pytest.raises(MetadataCheckpointError, match=path):
+            mngr.save(1, args=ocp.args.Composite(meta=MetadataSave(item)))
+        mngr.wait_until_finished()
+        assert mngr.all_steps() == []
+    assert list(pathlib.Path(tmp_path).iterdir()) == []
+
+
+def test_a_lone_surrogate_and_a_real_astral_character_come_back_exactly(tmp_path):
+    item = Metadata(source_info={"\udc80": "\ud83d", "\U0001f600": "a\udc80b\U0001f600"})
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(item))
+    assert_exact(handler.restore(directory), item)
+
+
+def test_a_batch_from_create_batch_metadata_is_refused_naming_the_conversion(tmp_path):
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0), track_batches=True, shard_id=3)
+    batch = manager.create_batch_metadata([f"train/{i}" for i in range(5)])
+    with pytest.raises(MetadataCheckpointError, match=r"MetadataSave\(record_to_metadata\("):
+        MetadataSave(batch)
+    converted = record_to_metadata(batch)
+    directory = epath.Path(tmp_path)
+    handler = MetadataCheckpointHandler()
+    handler.save(directory, MetadataSave(converted))
+    restored = handler.restore(directory)
+    assert_exact(restored, converted)
+    assert restored.index.tolist() == batch.index.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored.rng_key), jax.random.key_data(batch.rng_key)
+    )
+    assert [restored.replace(_encoded_key=k).entry_key for k in restored._encoded_key] == [
+        f"train/{i}" for i in range(5)
+    ]
+    with pytest.raises(MetadataCheckpointError, match=r"holds str record keys only"):
+        record_to_metadata(manager.create_batch_metadata([1, 2]))
+
+
+def test_an_item_made_unsavable_after_its_args_were_built_fails_at_the_save_call(tmp_path):
+    info = {"files": ["a"]}
+    args = MetadataSave(Metadata(index=1, source_info=info))
+    info["files"].append({1, 2})
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        with pytest.raises(
+            MetadataCheckpointError, match=r"source_info\['files'\]\[1\]: it is a set"
+        ):
+            mngr.save(1, args=ocp.args.Composite(meta=args))
+        mngr.wait_until_finished()
+        mngr.save(2, args=ocp.args.Composite(meta=MetadataSave(Metadata(index=2))))
+        mngr.wait_until_finished()
+        assert mngr.all_steps() == [2]
+        restored = mngr.restore(2, args=ocp.args.Composite(meta=MetadataRestore()))
+    assert restored["meta"] == Metadata(index=2)
+    written = pathlib.Path(tmp_path).rglob("process_*")
+    assert [p.relative_to(tmp_path).parts[0] for p in written] == ["2"]

@@ -38,6 +38,7 @@ from datarax.checkpoint import (
     latest_restorable_step,
     verify,
 )
+from datarax.checkpoint.integrity import FORMAT_VERSION, write_item_manifest
 from datarax.core.metadata import Metadata, MetadataManager
 
 STEPS = (1, 2, 3)
@@ -118,7 +119,7 @@ def test_inspect_shows_each_saved_manager_exactly(saved):
     for step in report["steps"]:
         items = {i["name"]: i for i in step["items"]}
         data = items["data"]
-        assert (data["format_version"], data["process_count"]) == (1, 1)
+        assert (data["format_version"], data["process_count"]) == (FORMAT_VERSION, 1)
         (process,) = data["processes"]
         assert process == {"process_index": 0, **expected[step["step"]]}
         (nodes,) = [p["nodes"] for p in items["batch"]["processes"]]
@@ -193,6 +194,7 @@ def rewrite_document(path: Path, change: Any) -> None:
     header = json.loads(header_line)
     header.update(sha256=hashlib.sha256(body).hexdigest(), size=len(body))
     path.write_bytes(json.dumps(header, separators=(",", ":")).encode() + b"\n" + body)
+    write_item_manifest(path.parent)  # re-listed: only the document's content is wrong
 
 
 def _bad_key(doc: dict[str, Any]) -> None:

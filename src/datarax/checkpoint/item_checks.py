@@ -26,7 +26,7 @@ from datarax.checkpoint.item_files import (
     saved_process_indices,
 )
 from datarax.checkpoint.manager_codec import decode_manager
-from datarax.checkpoint.metadata_handler import MetadataCheckpointHandler
+from datarax.checkpoint.metadata_handler import MetadataCheckpointHandler, read_blob
 from datarax.core._position import build_manager
 
 
@@ -163,7 +163,8 @@ def _check_metadata(directory: epath.Path, result: ItemCheck) -> None:
             paths = [{"metadata": node.get("path")} for node in doc["nodes"]]
             doc = {**doc, "structure": {"list": paths}}
         try:
-            decode_item(doc, where, global_values=values)
+            blob = read_blob(directory, doc) if "blob" in doc else None
+            decode_item(doc, where, global_values=values, blob=blob)
         except MetadataCheckpointError as e:
             result.problems.append(_error(where, e))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -178,7 +179,7 @@ def restore_global_arrays(directory: epath.Path, requests: dict[str, Any]) -> di
     requests = {name: (dtype, shape, device) for name, (dtype, shape, _) in requests.items()}
     handler = MetadataCheckpointHandler()
     try:
-        return handler._restore_arrays(epath.Path(directory), requests)
+        return handler._restore_arrays(epath.Path(directory), requests)  # manifest read here
     finally:
         handler.close()
 

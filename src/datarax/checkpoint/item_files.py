@@ -6,10 +6,10 @@ checksum, the document's kind, process index and process count), but for a proce
 and count given by the caller instead of this job's: a single process can then check an item
 that several processes saved. Nothing here writes.
 
-Format version 2 checks each process document against the item's manifest; its reader,
+:func:`read_item_document` reads through the restore's own reader,
 ``read_process_document(directory, kind, restore_with, process_index=, process_count=)``,
-is then what :func:`read_item_document` calls, so that the command checks what a restore
-checks.
+which also checks each document against the item's manifest (format version 2), so that
+the command checks what a restore checks.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from datarax.checkpoint.integrity import (
     FORMAT_NAME,
     process_file_name,
     read_document,
+    read_process_document,
 )
 
 MANAGER_KIND = "MetadataManager"
@@ -126,20 +127,10 @@ def read_item_document(
         MetadataCheckpointError: The document is missing, damaged, of another kind, or says
             another process index or count.
     """
-    doc, path = peek_document(directory, process_index)
-    if doc.get("kind") != kind:
-        raise MetadataCheckpointError(
-            f"{path}: holds a {doc.get('kind')!r} item, not a {kind!r} item as the item's "
-            f"other documents ({RESTORE_WITH.get(kind, kind)} restores {kind!r} items)."
-        )
-    if doc.get("process_count") != process_count:
-        raise MetadataCheckpointError(
-            f"{path}: says it was saved by {doc.get('process_count')!r} process(es), the "
-            f"item's other documents say {process_count}: the files come from different saves."
-        )
-    if doc.get("process_index") != process_index:
-        raise MetadataCheckpointError(
-            f"{path}: says process {doc.get('process_index')!r}, not {process_index}. The "
-            "checkpoint item is damaged; restore an earlier step."
-        )
-    return doc, path
+    return read_process_document(
+        directory,
+        kind,
+        RESTORE_WITH.get(kind, kind),
+        process_index=process_index,
+        process_count=process_count,
+    )

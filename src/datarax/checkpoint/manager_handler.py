@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Coroutine
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -16,6 +17,7 @@ from datarax.checkpoint.integrity import (
     process_file_name,
     read_process_document,
     write_document_async,
+    write_item_manifest,
 )
 from datarax.checkpoint.manager_codec import (
     MANAGER_KIND,
@@ -111,8 +113,12 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         ]
 
     def save(self, directory: epath.Path, args: MetadataManagerSave) -> None:
-        """Saves synchronously: :meth:`async_save`, then its commit future, now."""
+        """Saves synchronously: :meth:`async_save`, then its commit future, now. A single
+        process's item is then complete: its manifest is written (``finalize``, which Orbax's
+        checkpointers call next, writes the same one)."""
         _run_now(self.async_save(directory, args))
+        if jax.process_count() == 1:
+            write_item_manifest(directory)
 
     def restore(
         self, directory: epath.Path, args: MetadataManagerRestore | None = None
@@ -157,8 +163,9 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         return describe_manager(doc, where)
 
     def finalize(self, directory: epath.Path) -> None:
-        """Runs once, on the primary process, after every process committed its file."""
-        super().finalize(directory)
+        """Writes ``item_manifest.jsonl``, which ties every process's file to this save.
+        Orbax runs this once, on its primary process, after every process committed."""
+        write_item_manifest(directory)
 
 
 def _run_now(save: Coroutine[Any, Any, list[ocp.future.Future]]) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import hashlib
 import threading
 import warnings
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -19,20 +22,26 @@ from datarax.checkpoint.codec import (
     encode_item,
     global_requests,
 )
-from datarax.checkpoint.errors import MetadataCheckpointError, check_args
-from datarax.checkpoint.integrity import (
-    FORMAT_VERSION,
-    hash_files,
+from datarax.checkpoint.documents import (
+    blob_file_name,
+    local_name,
+    parse_document,
     process_file_name,
-    read_document,
-    read_process_document,
-    verify_files,
+    write_bytes,
     write_document,
-    write_document_async,
 )
-
-ARRAYS_MANIFEST = "arrays_manifest.jsonl"
-"""Lists the size and sha256 of every file Orbax wrote for the item's global arrays."""
+from datarax.checkpoint.errors import MetadataCheckpointError, check_args
+from datarax.checkpoint.manifest import (
+    ARRAYS_MANIFEST,
+    ITEM_MANIFEST,
+    ItemDocument,
+    read_item_document,
+    read_manifest,
+    verify_files,
+    write_item_manifest,
+)
+from datarax.checkpoint.metadata_schema import check_document
+from datarax.checkpoint.safe_files import read_item_file
 
 
 class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
@@ -45,9 +54,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     restores with the target's sharding. A ``source_info`` value that would not come back
     equal and of the same type is refused before anything is written.
 
-    The values are copied and checked when :class:`MetadataSave` is built, that is at the
-    ``save`` call, so an item that cannot be saved fails before Orbax starts; files are
-    written in the commit futures that :meth:`async_save` returns.
+    The item is checked when :class:`MetadataSave` is built, so an item that cannot be saved
+    fails before Orbax starts; its values are taken at :meth:`async_save`'s entry (the
+    ``CheckpointManager.save`` call), and files are written in the commit futures it
+    returns. Large host arrays go to a binary file, ``process_<i>.bin``, small ones into
+    the document; ``finalize`` then lists every file in ``item_manifest.jsonl``.
 
     Examples:
         >>> import tempfile
@@ -81,7 +92,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     async def async_save(
         self, directory: epath.Path, args: MetadataSave
     ) -> list[ocp.future.Future]:
-        """Returns the futures that write the values copied by ``args``.
+        """Takes the item's values now and returns the futures that write them.
 
         Args:
             directory: The item directory (it may be created asynchronously by Orbax; writes
@@ -89,12 +100,15 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             args: The item to save.
 
         Returns:
-            The commit futures: this process's document, and Orbax's for global arrays.
+            The commit futures: this process's document (and blob), and Orbax's for global
+            arrays.
 
         Raises:
             TypeError: ``args`` is not a :class:`MetadataSave`.
-            MetadataCheckpointError: The item holds something that cannot be saved exactly;
-                nothing is written.
+            MetadataCheckpointError: The item changed since ``args`` were built and now
+                holds something that cannot be saved exactly; nothing of the item is
+                written (Orbax may leave the step's temporary directory, which the next
+                save of that step replaces).
         """
         check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
         encoded = args.take_snapshot()
@@ -109,17 +123,16 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                 )
                 or []
             )
-        path = directory / process_file_name(encoded.doc["process_index"])
         futures.append(
             ocp.future.CommitFutureAwaitingContractedSignals(
-                write_document_async(path, encoded.doc), name="datarax_metadata_save"
+                _write_process_async(directory, encoded), name="datarax_metadata_save"
             )
         )
         return futures
 
     def save(self, directory: epath.Path, args: MetadataSave) -> None:
         """Saves synchronously. Call :meth:`finalize` afterwards, as Orbax's checkpointers
-        do, when the item has global arrays."""
+        do (a single process's item without global arrays is complete without it)."""
         check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
         encoded = args.take_snapshot()
         directory = epath.Path(directory)
@@ -127,24 +140,22 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             with self._lock:
                 self._pending_manifests.add(str(directory))
             self._arrays.save(directory, args=ocp.args.PyTreeSave(encoded.global_arrays))
-        write_document(directory / process_file_name(encoded.doc["process_index"]), encoded.doc)
+        _write_process(directory, encoded)
+        if not encoded.global_arrays and jax.process_count() == 1:
+            write_item_manifest(directory)
 
     def finalize(self, directory: epath.Path) -> None:
-        """Finishes Orbax's array files and lists them with their sha256 in
-        ``arrays_manifest.jsonl``. Orbax calls this on its primary process, after every
-        process has committed. Nothing to do for an item without global arrays.
+        """Finishes Orbax's array files (if any) and writes ``item_manifest.jsonl``, which
+        lists every file of the item. Orbax calls this on its primary process only, once
+        every process has committed (after its ``async_write_complete`` barrier).
         """
         with self._lock:
-            if str(directory) not in self._pending_manifests:
-                return
+            arrays = str(directory) in self._pending_manifests
             self._pending_manifests.discard(str(directory))
         directory = epath.Path(directory)
-        self._arrays.finalize(directory)
-        # Orbax calls finalize on its primary process only, once every process committed.
-        files = hash_files(directory, exclude={ARRAYS_MANIFEST})
-        files = {k: v for k, v in files.items() if not _is_process_file(k)}
-        doc = {"format_version": FORMAT_VERSION, "kind": "arrays_manifest", "files": files}
-        write_document(directory / ARRAYS_MANIFEST, doc)
+        if arrays:
+            self._arrays.finalize(directory)
+        write_item_manifest(directory)
 
     def restore(self, directory: epath.Path, args: MetadataRestore | None = None) -> Any:
         """Restores the item: into ``args.target``'s structure and shardings when given,
@@ -158,20 +169,36 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         args = MetadataRestore() if args is None else args
         check_args("MetadataCheckpointHandler", "restore", args, MetadataRestore, "...")
         directory = epath.Path(directory)
-        doc, where = read_process_document(directory, KIND, "MetadataRestore")
+        read = read_item_document(directory, KIND, "MetadataRestore")
+        doc, where = read.doc, read.where
+        check_document(doc, where)
         target = _NO_TARGET if args.target is None else args.target
         try:
             requests = global_requests(doc, target)
-            values = self._restore_arrays(directory, requests) if requests else {}
-            return decode_item(doc, where, target, values)
+            values = self._restore_arrays(directory, requests, read) if requests else {}
+            if "blob" not in doc:
+                return decode_item(doc, where, target, values, checked=True)
+            blob, digest = _read_blob(directory, doc)
+            # The arrays are built while the blob is hashed (hashlib releases the GIL); they
+            # are returned only once the digest matched.
+            restored = decode_item(doc, where, target, values, blob, checked=True)
+            _check_blob(directory, doc, digest.result())
+            return restored
         except (KeyError, TypeError, AttributeError) as e:
             raise MetadataCheckpointError(f"{where}: malformed Metadata document ({e!r}).") from e
 
-    def _restore_arrays(self, directory: epath.Path, requests: dict[str, Any]) -> dict[str, Any]:
-        manifest = read_document(directory / ARRAYS_MANIFEST)
-        if manifest.get("kind") != "arrays_manifest":
-            raise MetadataCheckpointError(f"{directory / ARRAYS_MANIFEST}: not a manifest.")
-        verify_files(directory, manifest.get("files"), str(directory / ARRAYS_MANIFEST))
+    def _restore_arrays(
+        self, directory: epath.Path, requests: dict[str, Any], read: ItemDocument | None = None
+    ) -> dict[str, Any]:
+        manifest = read_manifest(directory)[0] if read is None else read.manifest
+        if manifest is not None:
+            verify_files(directory, manifest["files"], str(directory / ITEM_MANIFEST))
+        else:  # format version 1
+            manifest = str(directory / ARRAYS_MANIFEST)
+            _, listing = parse_document(read_item_file(directory, ARRAYS_MANIFEST), manifest)
+            if listing.get("kind") != "arrays_manifest":
+                raise MetadataCheckpointError(f"{manifest}: not a manifest.")
+            verify_files(directory, listing.get("files"), manifest)
         restore_args = {
             name: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
             if sharding is not None
@@ -202,8 +229,9 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     def metadata(self, directory: epath.Path) -> dict[str, Any]:
         """Describes the saved item: format version, process count, and per Metadata node
         how each field is held."""
-        doc, _ = read_process_document(directory, KIND, "MetadataRestore")
-        return describe_item(doc)
+        read = read_item_document(directory, KIND, "MetadataRestore")
+        check_document(read.doc, read.where)
+        return describe_item(read.doc)
 
     def close(self) -> None:
         """Closes the handler used for global arrays."""
@@ -211,8 +239,66 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             self._arrays_handler.close()
 
 
-def _is_process_file(rel: str) -> bool:
-    return "/" not in rel and rel.startswith("process_") and rel.endswith(".jsonl")
+def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
+    """Lays out this process's arrays and writes its blob (if any), then its document."""
+    doc, parts = encoded.finish()
+    index = doc["process_index"]
+    if parts:
+        path = directory / blob_file_name(index)
+        if local_name(path) is None:
+            write_bytes(path, b"".join(bytes(p) for p in parts))
+        else:
+            with open(path, "wb") as f:
+                for part in parts:
+                    f.write(part)
+    write_document(directory / process_file_name(index), doc)
+
+
+async def _write_process_async(directory: epath.Path, encoded: EncodedItem) -> None:
+    _write_process(directory, encoded)
+
+
+_HASH_IN_BACKGROUND = 1 << 20
+_hasher: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def read_blob(directory: epath.Path, doc: dict[str, Any]) -> bytearray:
+    """The blob of ``doc``'s process (``process_<i>.bin``), checked against ``doc``.
+
+    Raises:
+        MetadataCheckpointError: Missing, of another size, or of another sha256.
+    """
+    data, digest = _read_blob(epath.Path(directory), doc)
+    _check_blob(epath.Path(directory), doc, digest.result())
+    return data
+
+
+def _read_blob(
+    directory: epath.Path, doc: dict[str, Any]
+) -> tuple[bytearray, concurrent.futures.Future[str]]:
+    """This process's blob (of the size the document gives), and its sha256 being computed
+    (on a background thread when the blob is large)."""
+    global _hasher
+    name = blob_file_name(doc["process_index"])
+    data = read_item_file(directory, name, size=doc["blob"]["size"], mutable=True)
+    digest: concurrent.futures.Future[str] = concurrent.futures.Future()
+    if len(data) < _HASH_IN_BACKGROUND:
+        digest.set_result(hashlib.sha256(data).hexdigest())
+        return data, digest
+    if _hasher is None:
+        _hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="datarax_hash")
+    return data, _hasher.submit(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _check_blob(directory: epath.Path, doc: dict[str, Any], digest: str) -> None:
+    """Raises unless ``digest`` is the one the document gives for its blob."""
+    name = blob_file_name(doc["process_index"])
+    if digest != doc["blob"]["sha256"]:
+        raise MetadataCheckpointError(
+            f"{directory / name}: its sha256 differs from the one in "
+            f"{process_file_name(doc['process_index'])}: the file is damaged, or comes from "
+            "another save. Restore an earlier step."
+        )
 
 
 @ocp.args.register_with_handler(MetadataCheckpointHandler, for_save=True)
@@ -224,8 +310,11 @@ class MetadataSave(ocp.args.CheckpointArgs):
     Attributes:
         item: One ``Metadata``, or dicts, lists, tuples (or any pytree) of them; fields
             may be Python ints, NumPy or JAX arrays (for instance of shape ``[B]``, for a
-            batch), typed or raw keys. Its values are copied (and checked) when these args
-            are built, at the ``save`` call; args used a second time copy them again then.
+            batch), typed or raw keys. It is checked when these args are built, so that
+            an item that cannot be saved fails before Orbax starts; its values are taken
+            (NumPy arrays and ``source_info`` copied, JAX arrays, which are immutable,
+            referenced) when the handler's ``async_save`` starts, at the
+            ``CheckpointManager.save`` call, however long after the args were built.
 
     Examples:
         >>> from datarax.core.metadata import Metadata
@@ -235,20 +324,15 @@ class MetadataSave(ocp.args.CheckpointArgs):
     """
 
     item: Any
-    _snapshot: EncodedItem | None = dataclasses.field(
-        default=None, init=False, repr=False, compare=False
-    )
 
     def __post_init__(self) -> None:
-        # Copy and check the values now, before Orbax starts the save: an error raised from
-        # inside Orbax's async save would leave its directory-creation threads waiting.
-        self._snapshot = encode_item(self.item)
+        # Check now, before Orbax starts the save: an error raised from inside Orbax's async
+        # save would leave its directory-creation threads waiting.
+        encode_item(self.item, copy=False)
 
     def take_snapshot(self) -> EncodedItem:
-        """The values copied when these args were built, or, if they were used already
-        (args reused for another save), the values now."""
-        snapshot, self._snapshot = self._snapshot, None
-        return encode_item(self.item) if snapshot is None else snapshot
+        """The item's values now (the handler calls this at its ``async_save`` entry)."""
+        return encode_item(self.item)
 
 
 @ocp.args.register_with_handler(MetadataCheckpointHandler, for_restore=True)

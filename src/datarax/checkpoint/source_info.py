@@ -10,17 +10,28 @@ tagged, so they come back as they were:
 Any other JSON object is a plain ``dict`` with ``str`` keys. ``None``, ``bool``, ``int``,
 finite ``float``, ``str`` and ``list`` are JSON's own. Everything else (sets, bytes, NaN and
 infinities, NumPy scalars, subclasses of the built-in types, arbitrary objects) is refused
-at save time, before anything is written, with the path of the offending value.
+at save time, before anything is written, with the path of the offending value, and so
+are the values JSON cannot carry exactly: an ``int`` of more digits than
+``sys.get_int_max_str_digits()``, a ``str`` holding a surrogate pair as two code points
+(JSON reads it back as one character), and nesting deeper than :data:`MAX_NESTING`.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
 from typing import Any
 
 from datarax.checkpoint.errors import MetadataCheckpointError
 
+MAX_NESTING = 100
+"""The deepest nesting of lists, tuples and dicts a ``source_info`` may have (saved or
+restored): deeper is refused with a clear error, never a ``RecursionError``."""
+
 _TUPLE = "$tuple"
+# A high surrogate followed by a low one: JSON would read the pair back as one character.
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _DICT = "$dict"
 
 _HINTS = {
@@ -74,10 +85,43 @@ dicts of them. Nothing was written.
     return _encode(value, path, set())
 
 
+def check_int(value: int, path: str) -> int:
+    """Returns ``value`` if JSON can write it (``str(value)`` within Python's digit limit).
+
+    Raises:
+        MetadataCheckpointError: An int of more than ``sys.get_int_max_str_digits()`` digits.
+    """
+    limit = sys.get_int_max_str_digits()
+    if limit and abs(value).bit_length() > 3 * limit and abs(value) >= 10**limit:
+        raise MetadataCheckpointError(
+            f"Cannot save {path}: an int of more than {limit} digits, which JSON cannot "
+            "write (sys.get_int_max_str_digits()). Nothing was written."
+        )
+    return value
+
+
+def check_str(value: str, path: str) -> str:
+    """Returns ``value`` unless it holds a surrogate pair as two code points.
+
+    Raises:
+        MetadataCheckpointError: ``value`` would come back as other text.
+    """
+    if not value.isascii() and _PAIR.search(value):
+        raise _refuse(
+            path, value, "a str holding a surrogate pair as two code points (JSON reads it "
+            "back as one character)", "combine the pair into one character",
+        )  # fmt: skip
+    return value
+
+
 def _encode(value: Any, path: str, active: set[int]) -> Any:
     kind = type(value)
-    if value is None or kind is bool or kind is int or kind is str:
+    if value is None or kind is bool:
         return value
+    if kind is int:
+        return check_int(value, path)
+    if kind is str:
+        return check_str(value, path)
     if kind is float:
         if not math.isfinite(value):
             raise _refuse(path, value, "a non-finite float (JSON has no NaN or infinity)")
@@ -85,6 +129,8 @@ def _encode(value: Any, path: str, active: set[int]) -> Any:
     if kind in (list, tuple, dict):
         if id(value) in active:
             raise _refuse(path, value, f"a {kind.__name__} that contains itself")
+        if len(active) >= MAX_NESTING:
+            raise _too_deep(path)
         active.add(id(value))
         try:
             if kind is list:
@@ -102,18 +148,43 @@ def _encode(value: Any, path: str, active: set[int]) -> Any:
     raise _refuse(path, value, f"a {kind.__name__}", hint)
 
 
+def show_key(key: Any) -> str:
+    """``repr(key)``, or a description where ``repr`` would fail (an int too long to print).
+
+    Examples:
+        >>> from datarax.checkpoint.source_info import show_key
+        >>> show_key("a"), show_key(10**5000)
+        ("'a'", '<an int of 16610 bits>')
+    """
+    try:
+        return repr(key)
+    except ValueError:
+        return f"<an int of {key.bit_length()} bits>"
+
+
 def _encode_dict(value: dict[Any, Any], path: str, active: set[int]) -> Any:
     if all(type(k) is str and not k.startswith("$") for k in value):
-        return {k: _encode(v, f"{path}[{k!r}]", active) for k, v in value.items()}
-    return {
-        _DICT: [
-            [_encode(k, f"{path} key {k!r}", active), _encode(v, f"{path}[{k!r}]", active)]
+        return {
+            check_str(k, f"{path} key {k!r}"): _encode(v, f"{path}[{k!r}]", active)
             for k, v in value.items()
-        ]
-    }
+        }
+    pairs = []
+    for k, v in value.items():
+        shown = show_key(k)
+        pairs.append(
+            [_encode(k, f"{path} key {shown}", active), _encode(v, f"{path}[{shown}]", active)]
+        )
+    return {_DICT: pairs}
 
 
-def decode_source_info(data: Any, where: str = "source_info") -> Any:
+def _too_deep(path: str) -> MetadataCheckpointError:
+    return MetadataCheckpointError(
+        f"Cannot save {path}: source_info is nested more than {MAX_NESTING} levels deep "
+        "(MAX_NESTING). Nothing was written."
+    )
+
+
+def decode_source_info(data: Any, where: str = "source_info", depth: int = 0) -> Any:
     """Inverse of :func:`encode_source_info`.
 
     Args:
@@ -130,26 +201,32 @@ def decode_source_info(data: Any, where: str = "source_info") -> Any:
     kind = type(data)
     if data is None or kind in (bool, int, float, str):
         return data
+    if depth >= MAX_NESTING:
+        raise MetadataCheckpointError(
+            f"{where}: nested more than {MAX_NESTING} levels deep (MAX_NESTING); the item was "
+            "not written by datarax or is damaged."
+        )
+    depth += 1
     if kind is list:
-        return [decode_source_info(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [decode_source_info(v, f"{where}[{i}]", depth) for i, v in enumerate(data)]
     if kind is dict:
         if len(data) == 1 and _TUPLE in data and type(data[_TUPLE]) is list:
             items = data[_TUPLE]
-            return tuple(decode_source_info(v, f"{where}[{i}]") for i, v in enumerate(items))
+            return tuple(decode_source_info(v, f"{where}[{i}]", depth) for i, v in enumerate(items))
         if len(data) == 1 and _DICT in data and type(data[_DICT]) is list:
             out: dict[Any, Any] = {}
             for pair in data[_DICT]:
                 if type(pair) is not list or len(pair) != 2:
                     raise _malformed(where, pair)
-                key = decode_source_info(pair[0], f"{where} key")
+                key = decode_source_info(pair[0], f"{where} key", depth)
                 try:
-                    out[key] = decode_source_info(pair[1], f"{where}[{key!r}]")
+                    out[key] = decode_source_info(pair[1], f"{where}[{key!r}]", depth)
                 except TypeError as e:  # an unhashable key: not produced by the encoder
                     raise _malformed(where, pair) from e
             return out
         if any(k.startswith("$") for k in data):
             raise _malformed(where, data)
-        return {k: decode_source_info(v, f"{where}[{k!r}]") for k, v in data.items()}
+        return {k: decode_source_info(v, f"{where}[{k!r}]", depth) for k, v in data.items()}
     raise _malformed(where, data)
 
 

@@ -1,0 +1,171 @@
+"""Reading the files of an item, and only those: hostile names and file types are refused.
+
+A restore opens only paths that are relative, normalised and inside the item directory
+(never ``..``, an absolute path or an empty component), and only regular files: every
+component is checked with ``lstat`` before anything is opened, so a FIFO, a device or a
+symlink (even one pointing inside the item) is an error, never read, waited on or
+followed. Sizes are checked from ``stat`` before reading, and error messages only ever
+mention files inside the item.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from typing import Any
+
+from etils import epath
+
+from datarax.checkpoint.documents import damaged, local_name
+from datarax.checkpoint.errors import MetadataCheckpointError
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def check_relative(rel: Any, listed_in: str) -> str:
+    """Returns ``rel`` if it names a file inside an item: a relative, normalised POSIX path.
+
+    Raises:
+        MetadataCheckpointError: Anything else (naming ``listed_in``, the file that held it).
+
+    Examples:
+        >>> from datarax.checkpoint.safe_files import check_relative
+        >>> check_relative("d/0a1b", "item_manifest.jsonl")
+        'd/0a1b'
+        >>> check_relative("../etc/passwd", "item_manifest.jsonl")
+        Traceback (most recent call last):
+        ...
+        datarax.checkpoint.MetadataCheckpointError: item_manifest.jsonl: lists the path \
+'../etc/passwd', which is not a relative, normalised path inside the item. The checkpoint \
+item is damaged or incomplete; restore an earlier step or save again.
+    """
+    ok = (
+        type(rel) is str
+        and 0 < len(rel) <= 1024
+        and "\\" not in rel
+        and "\x00" not in rel
+        and not rel.startswith("/")
+        and posixpath.normpath(rel) == rel
+        and not any(part in ("", ".", "..") for part in rel.split("/"))
+    )
+    if not ok:
+        raise damaged(
+            listed_in,
+            f"lists the path {str(rel)[:80]!r}, which is not a relative, normalised path "
+            "inside the item",
+        )
+    return rel
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):  # fmt: skip
+        if test(mode):
+            return f"a {name}"
+    return "not a regular file"
+
+
+def _missing(path: str) -> MetadataCheckpointError:
+    return MetadataCheckpointError(
+        f"{path}: missing. The checkpoint item is incomplete; restore an earlier step."
+    )
+
+
+def _check_size(path: str, size: int, limit: int | None, expected: int | None) -> None:
+    if limit is not None and size > limit:
+        raise damaged(path, f"it is {size} bytes, more than the {limit} bytes a restore reads")
+    if expected is not None and size != expected:
+        raise damaged(path, f"it is {size} bytes, expected {expected}")
+
+
+def open_item_file(directory: epath.Path | str, rel: str) -> tuple[str, int, int | None]:
+    """Checks every component of ``directory/rel`` with ``lstat`` and opens the file.
+
+    Returns:
+        ``(path, size, fd)``; ``fd`` is ``None`` for a remote path (object stores have no
+        symlinks or FIFOs), read it with :func:`read_item_file`.
+
+    Raises:
+        MetadataCheckpointError: Missing, not a regular file, or a component that is not
+            a directory.
+    """
+    root = os.fspath(directory)
+    path = posixpath.join(root, rel)
+    local = local_name(root)
+    if local is None:
+        try:
+            return path, epath.Path(path).stat().length, None
+        except FileNotFoundError as e:
+            raise _missing(path) from e
+    current = local
+    parts = rel.split("/")
+    try:
+        for i, part in enumerate(parts):
+            current = os.path.join(current, part)
+            mode = os.lstat(current).st_mode
+            last = i == len(parts) - 1
+            if not (stat.S_ISREG(mode) if last else stat.S_ISDIR(mode)):
+                raise damaged(current, f"it is {_kind(mode)}; an item holds only regular files")
+        fd = os.open(current, _OPEN_FLAGS)
+    except FileNotFoundError as e:
+        raise _missing(path) from e
+    except OSError as e:
+        raise MetadataCheckpointError(f"{path}: cannot be read ({e.strerror}).") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # replaced between the lstat and the open
+        os.close(fd)
+        raise damaged(path, f"it is {_kind(st.st_mode)}; an item holds only regular files")
+    return path, st.st_size, fd
+
+
+def read_item_file(
+    directory: epath.Path | str,
+    rel: str,
+    *,
+    limit: int | None = None,
+    size: int | None = None,
+    first: int | None = None,
+    mutable: bool = False,
+) -> bytes | bytearray:
+    """Reads the regular file ``rel`` of an item (see the module docstring).
+
+    Args:
+        directory: The item directory.
+        rel: The file, relative to ``directory`` (checked with :func:`check_relative`
+            by the caller when it comes from a file).
+        limit: The largest size accepted, checked before reading.
+        size: The exact size expected, checked before reading.
+        first: Read at most this many bytes (a header line).
+        mutable: Return a ``bytearray`` (arrays built on it are writeable, with no copy).
+
+    Raises:
+        MetadataCheckpointError: Missing, not a regular file, or of the wrong size.
+    """
+    path, actual, fd = open_item_file(directory, rel)
+    try:
+        _check_size(path, actual, limit, size)
+        if fd is None:
+            with epath.Path(path).open("rb") as f:
+                data = f.read(-1 if first is None else first)
+            data = bytearray(data) if mutable else data
+        else:
+            with os.fdopen(fd, "rb") as f:
+                fd = None
+                if mutable:
+                    data = bytearray(actual)
+                    if f.readinto(data) != actual:
+                        data = b""  # shorter than it was: reported below
+                else:
+                    data = f.read(-1 if first is None else first)
+    except OSError as e:
+        raise MetadataCheckpointError(f"{path}: cannot be read ({e}).") from e
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if first is None and len(data) != actual:
+        raise damaged(path, f"it changed size while being read ({len(data)} of {actual} bytes)")
+    return data
