@@ -65,7 +65,7 @@ class Metadata:
     batch_idx: int | jax.Array | None = None
     shard_id: int | jax.Array | None = None
     rng_key: jax.Array | None = None
-    _encoded_key: jax.Array | None = None
+    _encoded_key: jax.Array | np.ndarray | None = None
     source_info: dict[str, Any] | None = None
     key: dataclasses.InitVar[str | np.ndarray | None] = None
 
