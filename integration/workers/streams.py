@@ -9,7 +9,6 @@ plain equality.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from datarax.core.metadata import MetadataManager, RecordMetadata
+from examples.demo.processes import read_jsonl, wait_to_be_killed
 
 
 def shard_manager(seed: int, shard_id: int | None) -> MetadataManager:
@@ -60,27 +60,10 @@ def one_record_log(record: RecordMetadata) -> dict[str, Any]:
     }
 
 
-def read_logs(path: Path) -> dict[int, dict[str, Any]]:
-    """A worker's JSON-lines log by step; a last line cut short by a kill is ignored."""
-    logs = {}
-    lines = path.read_text().split("\n") if path.exists() else []
-    for number, line in enumerate(lines):
-        if not line:
-            continue
-        try:
-            log = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) - 1:
-                break
-            raise
-        logs[log["step"]] = log
-    return logs
-
-
 def resumed_logs(attempts: list[Path]) -> dict[int, dict[str, Any]]:
     """The stream as the job produced it across restarts: each attempt's logs from the step
     it started at, until the step the next attempt restarted from."""
-    runs = [read_logs(path) for path in attempts]
+    runs = [read_jsonl(path) for path in attempts]
     starts = [min(logs) if logs else None for logs in runs]
     combined: dict[int, dict[str, Any]] = {}
     for i, logs in enumerate(runs):
@@ -147,6 +130,4 @@ def log_step(
         return
     mngr.save(step, args=composite())
     if step == announce_save:
-        print(f"saving {step}", flush=True)
-        while True:
-            time.sleep(3600)
+        wait_to_be_killed(f"saving {step}")
