@@ -36,9 +36,7 @@ def test_killed_three_times_then_finished_matches_uninterrupted_run(processes, t
     logs, starts = [], [0]
     for i, kill_at in enumerate(KILLS):
         logs.append(f"attempt-{i}.jsonl")
-        run = attempt(
-            logs[-1], *checkpoints, *(["--resume"] if i else []), "--announce-save", kill_at
-        )
+        run = attempt(logs[-1], *checkpoints, "--announce-save", kill_at)
         run.wait_for_line(f"@datarax saving {kill_at}", timeout=90)
         run.kill()
         assert run.wait(timeout=30) == -9
@@ -47,7 +45,7 @@ def test_killed_three_times_then_finished_matches_uninterrupted_run(processes, t
         starts.append(resume_point(tmp_path / "checkpoints"))
         assert starts[-1] in (kill_at - SAVE_EVERY, kill_at)
     logs.append("final.jsonl")
-    final = attempt(logs[-1], *checkpoints, "--resume")
+    final = attempt(logs[-1], *checkpoints)
     assert final.wait(timeout=90) == 0, final.output
     assert f"@datarax start {starts[-1]}" in final.lines, final.output
 

@@ -14,33 +14,24 @@ from pathlib import Path
 import examples.demo
 from examples.demo.processes import ProcessError, deterministic_env
 
+KILL_AT = """kill the child during the async save of checkpoint STEP (a multiple of
+--save-every, below --steps); with STEP = --save-every no checkpoint has committed yet and
+the run resumes from scratch (default: the checkpoint step nearest to 55%% of the run)"""
 OPTIONS = {
     "--steps": dict(type=int, default=60, metavar="N", help="training steps of the run (60)"),
     "--save-every": dict(type=int, default=5, metavar="N", help="steps between checkpoints (5)"),
-    "--kill-at": dict(
-        type=int,
-        metavar="STEP",
-        help="kill the child during the async save of checkpoint STEP (a multiple of "
-        "--save-every, below --steps); with STEP = --save-every no checkpoint has committed "
-        "yet and the run resumes from scratch (default: the checkpoint step nearest to 55%% "
-        "of the run)",
-    ),
+    "--kill-at": dict(type=int, metavar="STEP", help=KILL_AT),
     "--directory": dict(
         type=Path,
         metavar="DIR",
         help="new or empty directory for the checkpoints, step logs and the loss-curve PNG "
         "(default: a fresh temporary directory, kept and printed)",
     ),
-    "--seed": dict(
-        type=int,
-        default=0,
-        help="seeds the dataset, the shuffling, the parameters and the records' keys (0)",
-    ),
+    "--seed": dict(type=int, default=0, help="seeds the data, parameters and records' keys (0)"),
 }
 CHILD_OPTIONS = {  # one run instead of the demo: how the demo (and the tests) start children
     "--run": dict(type=Path, metavar="LOG", help="train, writing the step log LOG"),
-    "--checkpoints": dict(type=Path, metavar="DIR", help="save (and resume) there"),
-    "--resume": dict(action="store_true", help="restore the latest checkpoint first"),
+    "--checkpoints": dict(type=Path, metavar="DIR", help="resume from the latest one, save there"),
     "--announce-save": dict(type=int, metavar="STEP", help="after save(STEP), wait to be killed"),
 }
 
@@ -72,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = RunConfig(steps=args.steps, seed=args.seed, save_every=args.save_every)
         if args.run is not None:
-            return child_run(config, args.run, args.checkpoints, args.resume, args.announce_save)
+            return child_run(config, args.run, args.checkpoints, args.announce_save)
         steps, every = config.steps, config.save_every
         if steps <= every:
             raise ValueError(

@@ -1,14 +1,9 @@
-"""The demo's scenario: a reference run, a run killed mid-save, its resumption, the verdict.
-
-1. The reference run trains ``config.steps`` steps in this process, never stopping.
-2. The same run trains in a child process, saving every ``config.save_every`` steps; right
-   after ``save(kill_at)`` returns, that async save still writing, the child's process
-   group gets SIGKILL.
-3. A fresh child resumes from the latest committed checkpoint (from scratch if none had
-   committed) and trains to the end.
-4. The killed run's steps before the resumption point and the resumed run's steps must
-   equal the reference's: every record's index, epoch, global_step, batch_idx, record key
-   and rng key data, and every loss as a float32 bit pattern.
+"""The demo's scenario: a reference run in this process; the same run in a child process,
+its process group SIGKILLed right after ``save(kill_at)`` returned (that async save still
+writing); a fresh child resuming from the latest committed checkpoint (from scratch if none
+committed). The killed run's steps before the resumption point and the resumed run's steps
+must equal the reference's: every record's index, epoch, global_step, batch_idx, record key
+and rng key data, and every loss as a float32 bit pattern.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ def progress(log: dict[str, Any], steps: int) -> str | None:
 
 
 def child_run(
-    config: RunConfig, log: Path, checkpoints: Path | None, resume: bool, announce_save: int | None
+    config: RunConfig, log: Path, checkpoints: Path | None, announce_save: int | None
 ) -> int:
     """One run in a child process; after ``save(announce_save)`` it waits to be killed."""
 
@@ -47,7 +42,7 @@ def child_run(
             wait_to_be_killed(f"{PROTOCOL}saving {step}")
 
     on_start = lambda step: print(f"{PROTOCOL}start {step}", flush=True)  # noqa: E731
-    for step_log in run(config, log, checkpoints, resume, on_start, on_save):
+    for step_log in run(config, log, checkpoints, on_start, on_save):
         if line := progress(step_log, config.steps):
             print(line, flush=True)
     return 0
@@ -124,7 +119,7 @@ def run_demo(
     )
 
     resumed_from = None
-    with Process([*argv, directory / "resumed.jsonl", "--resume"], cwd=cwd) as child:
+    with Process([*argv, directory / "resumed.jsonl"], cwd=cwd) as child:
         for line in relay(child, "[resumed]", say):
             resumed_from = int(line.removeprefix("start "))  # the only line it announces
             source = f"checkpoint {resumed_from}" if resumed_from else "scratch (no checkpoint)"

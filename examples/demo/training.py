@@ -136,13 +136,12 @@ def run(
     config: RunConfig,
     log_path: Path,
     checkpoints: Path | None = None,
-    resume: bool = False,
     on_start: Callable[[int], None] = lambda step: None,
     on_save: Callable[[int], None] = lambda step: None,
 ) -> Iterator[dict[str, Any]]:
-    """Runs ``config``, yielding each step's log once written to ``log_path``; saves to
-    ``checkpoints`` every ``save_every`` steps (after resuming from the latest checkpoint
-    there, with ``resume``); calls ``on_start`` with the first step to train and ``on_save``
+    """Runs ``config``, yielding each step's log once written to ``log_path``. With
+    ``checkpoints``, resumes from the latest checkpoint there, if any, and saves there every
+    ``save_every`` steps. Calls ``on_start`` with the first step to train and ``on_save``
     with each step saved, right after ``save`` returned (its writes in flight)."""
     trainer = Trainer(config)
     options = ocp.CheckpointManagerOptions(
@@ -155,7 +154,7 @@ def run(
     )
     mngr = ocp.CheckpointManager(checkpoints, options=options) if checkpoints else None
     with mngr or contextlib.nullcontext():  # closing it waits for the saves in flight
-        if resume and mngr and (latest := mngr.latest_step()) is not None:
+        if mngr and (latest := mngr.latest_step()) is not None:
             trainer.restore(mngr, latest)
         on_start(trainer.step)
         with log_path.open("w") as log_file:
