@@ -34,14 +34,13 @@ import numpy as np
 import pytest
 
 from datarax.checkpoint import MetadataCheckpointError
-from examples.demo.processes import read_jsonl
 from integration.workers.soak import (
     new_manager,
     payload,
     record_entry,
     restore_args,
 )
-from integration.workers.streams import read_only_manager
+from integration.workers.streams import read_logs, read_only_manager
 
 TRIALS, SEED, RANDOM_SEED = 32, 5, 20261124
 LEAVES, KIB, PER_STEP = 8, 64, 8
@@ -118,7 +117,7 @@ def check_committed(
 def check_log(log: Path, reference: Reference, trial: int, problems: list[str]) -> int:
     """Compares every record the child logged with the reference; the number logged."""
     logged = 0
-    for step, entry in read_jsonl(log).items():
+    for step, entry in read_logs(log).items():
         for record in entry["records"]:
             logged += 1
             if record != reference[record[0]]:

@@ -20,6 +20,9 @@ from flax import nnx
 from datarax.core.metadata import MetadataManager, RecordMetadata
 from examples.demo.processes import read_jsonl, wait_to_be_killed
 
+read_logs = read_jsonl
+"""A worker's JSON-lines log by step; a last line cut short by a kill is ignored."""
+
 
 def shard_manager(seed: int, shard_id: int | None) -> MetadataManager:
     """The manager of one process's shard: its own key stream, its shard id."""
@@ -63,7 +66,7 @@ def one_record_log(record: RecordMetadata) -> dict[str, Any]:
 def resumed_logs(attempts: list[Path]) -> dict[int, dict[str, Any]]:
     """The stream as the job produced it across restarts: each attempt's logs from the step
     it started at, until the step the next attempt restarted from."""
-    runs = [read_jsonl(path) for path in attempts]
+    runs = [read_logs(path) for path in attempts]
     starts = [min(logs) if logs else None for logs in runs]
     combined: dict[int, dict[str, Any]] = {}
     for i, logs in enumerate(runs):
