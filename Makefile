@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m datarax.demo
+	$(PY) -m examples.demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

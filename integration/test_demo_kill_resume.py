@@ -1,4 +1,4 @@
-"""The demo's scenario, end to end, through its command line: ``python -m datarax.demo``.
+"""The demo's scenario, end to end, through its command line: ``python -m examples.demo``.
 
 For several kill points the demo trains a reference run, kills the same run with SIGKILL
 while the async save of the kill step is in flight, resumes it in a fresh process, and must
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from datarax.demo.harness import compare
-from datarax.demo.training import read_log
+from examples.demo.processes import read_jsonl
+from examples.demo.scenario import compare
 
 STEPS, SAVE_EVERY, SEED = 20, 5, 7
 
@@ -31,15 +31,15 @@ STEPS, SAVE_EVERY, SEED = 20, 5, 7
 def test_demo_resumes_bit_for_bit(processes, tmp_path, kill_at):
     run_dir = tmp_path / "run"
     demo = processes.python(
-        "-m", "datarax.demo", "--steps", str(STEPS), "--kill-at", str(kill_at),
+        "-m", "examples.demo", "--steps", str(STEPS), "--kill-at", str(kill_at),
         "--seed", str(SEED), "--directory", run_dir,
     )  # fmt: skip
     assert demo.wait(timeout=140) == 0, demo.output
     assert "datarax demo: MATCH, bit for bit" in demo.output
 
-    reference = read_log(run_dir / "reference.jsonl")
-    killed = read_log(run_dir / "killed.jsonl")
-    resumed = read_log(run_dir / "resumed.jsonl")
+    reference = read_jsonl(run_dir / "reference.jsonl")
+    killed = read_jsonl(run_dir / "killed.jsonl")
+    resumed = read_jsonl(run_dir / "resumed.jsonl")
     # Unless the kill step's save committed before the kill, the resumed run restored the
     # step before (for the first save: no checkpoint, it started from scratch).
     resumed_from = min(resumed)
@@ -66,35 +66,38 @@ def test_demo_resumes_bit_for_bit(processes, tmp_path, kill_at):
 
 @pytest.mark.timeout(60)
 def test_demo_help_and_refusals(processes, tmp_path):
-    help_ = processes.python("-m", "datarax.demo", "--help")
+    help_ = processes.python("-m", "examples.demo", "--help")
     assert help_.wait(timeout=30) == 0
     for option in ("--steps", "--kill-at", "--directory", "--seed"):
         assert option in help_.output
 
-    bad = processes.python("-m", "datarax.demo", "--steps", "20", "--kill-at", "7")
+    bad = processes.python("-m", "examples.demo", "--steps", "20", "--kill-at", "7")
     assert bad.wait(timeout=30) == 2
     assert "kill_at must be a checkpoint step (a multiple of save_every=5)" in bad.output
 
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "something").write_text("")
-    busy = processes.python("-m", "datarax.demo", "--directory", tmp_path / "old")
+    busy = processes.python("-m", "examples.demo", "--directory", tmp_path / "old")
     assert busy.wait(timeout=30) == 2
     assert "is not empty" in busy.output
 
 
-def test_console_script_is_the_demo():
-    from importlib.metadata import entry_points
-
-    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "datarax-demo"]
-    assert script.value == "datarax.demo:main"
-    assert callable(script.load())
+@pytest.mark.timeout(60)
+def test_demo_without_its_extra_says_what_to_install(processes):
+    # -S: no site-packages, so neither optax nor matplotlib (nor JAX) can be imported.
+    plain = processes.python("-S", "-m", "examples.demo", "--steps", "20")
+    assert plain.wait(timeout=30) == 2
+    assert plain.lines == [
+        "datarax demo: error: optax and matplotlib not installed: the demo needs the `demo` "
+        "extra: pip install -e '.[demo]' (or run `make demo`)"
+    ]
 
 
 def test_the_verdict_sees_one_flipped_bit():
-    from datarax.demo.training import StepLog
-
-    def log(step: int, loss_bits: int = 0x3F800000, key_word: int = 7) -> StepLog:
-        return StepLog(step, loss_bits, [step], [0], [step], [step], [3], [[1, key_word]])
+    def log(step: int, loss_bits: int = 0x3F800000, key_word: int = 7) -> dict:
+        return {"step": step, "loss_bits": loss_bits, "index": [step], "epoch": [0],
+                "global_step": [step], "batch_idx": [step], "record_key": [3],
+                "rng_key": [[1, key_word]]}  # fmt: skip
 
     reference = {s: log(s) for s in range(3)}
     assert compare(reference, {"run": dict(reference)}, 3) == (True, True, [])

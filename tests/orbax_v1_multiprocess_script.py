@@ -31,7 +31,7 @@ def main(coordinator: str, process_id: int, root: pathlib.Path) -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from checkpoint_oracle import manager_state, next_records
 
-    from datarax.checkpoint.integrity import FORMAT_VERSION, read_document
+    from datarax.checkpoint.integrity import read_document
     from datarax.core.metadata import Metadata, MetadataManager
 
     manager = MetadataManager(rngs=nnx.Rngs(metadata=10 + process_id), shard_id=process_id)
@@ -41,16 +41,12 @@ def main(coordinator: str, process_id: int, root: pathlib.Path) -> None:
     index = jax.make_array_from_process_local_data(sharding, rows)
     batch = {"global": Metadata(index=index, global_step=7)}
     saved_state = manager_state(manager)
-    # Written by the handlers' finalize: from format version 2 it lists every file of an item.
-    manifest_name = "item_manifest.jsonl" if FORMAT_VERSION >= 2 else "arrays_manifest.jsonl"
+    manifest_name = "item_manifest.jsonl"  # written by the handlers' finalize: every file
 
     ocp_v1.save_checkpointables(root / "1", {"data": manager, "batch": batch})
 
     names = sorted(p.name for p in (root / "1" / "data").iterdir())
-    expected = ["process_0.jsonl", "process_1.jsonl"]
-    if FORMAT_VERSION >= 2:
-        expected.insert(0, "item_manifest.jsonl")
-    assert names == expected, names
+    assert names == ["item_manifest.jsonl", "process_0.jsonl", "process_1.jsonl"], names
     manifest = read_document(root / "1" / "batch" / manifest_name)
     listed = sorted(manifest["files"])
     for i in (0, 1):
@@ -76,10 +72,9 @@ def main(coordinator: str, process_id: int, root: pathlib.Path) -> None:
         assert ckptr.latest.step == 2, ckptr.latest
         resumed = ckptr.load_checkpointables()["data"]
     assert manager_state(resumed) == saved_state
-    if FORMAT_VERSION >= 2:
-        for step in range(3):
-            listed = read_document(root / "run" / str(step) / "data" / manifest_name)
-            assert "process_1.jsonl" in str(listed), listed
+    for step in range(3):
+        listed = read_document(root / "run" / str(step) / "data" / manifest_name)
+        assert "process_1.jsonl" in str(listed), listed
     print("OK")
 
 

@@ -31,12 +31,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from checkpoint_oracle import assert_exact
 
 from datarax.checkpoint import MetadataCheckpointError, MetadataRestore
-from datarax.checkpoint.integrity import FORMAT_VERSION
 from datarax.core.metadata import Metadata
 
 B = 8
 # Written by the handler's finalize: from format version 2 it lists every file of the item.
-MANIFEST = "item_manifest.jsonl" if FORMAT_VERSION >= 2 else "arrays_manifest.jsonl"
+MANIFEST = "item_manifest.jsonl"
 
 
 def main() -> None:

@@ -26,13 +26,13 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
-from datarax.checkpoint.integrity import FORMAT_VERSION, read_document
+from datarax.checkpoint.integrity import read_document
 from datarax.checkpoint.v1_handlers import MetadataHandler, MetadataManagerHandler
 from datarax.checkpoint.v1_registration import v1_typestr
 from datarax.core.metadata import Metadata, MetadataManager
 
 # Format version 2 ties an item's files together in a manifest written at the end of the save.
-ITEM_FILES = ["item_manifest.jsonl"] * (FORMAT_VERSION >= 2) + ["process_0.jsonl"]
+ITEM_FILES = ["item_manifest.jsonl", "process_0.jsonl"]
 SCRIPT = pathlib.Path(__file__).parent / "orbax_v1_sharded_script.py"
 MULTIPROCESS = pathlib.Path(__file__).parent / "orbax_v1_multiprocess_script.py"
 
@@ -149,7 +149,6 @@ def test_a_damaged_document_in_a_v1_item_is_a_checkpoint_error_naming_it(tmp_pat
         ocp_v1.load_checkpointables(tmp_path / "1")
 
 
-@pytest.mark.skipif(FORMAT_VERSION < 2, reason="format version 1 has no item manifest")
 @pytest.mark.parametrize("item", ["data", "batch"])
 def test_a_document_copied_from_another_v1_save_is_refused(tmp_path, item):
     _save(tmp_path / "1", _advanced_manager(), _batch())
@@ -310,3 +309,14 @@ def test_two_processes_save_and_load_with_v1_and_the_manifest_follows_both_commi
     for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out + err[-4000:]
         assert out.strip().endswith("OK"), out
+
+
+def test_the_private_orbax_v1_hooks_the_save_scope_reads_still_exist():
+    # The one reach into Orbax's private modules (v1_handlers._SaveScope): this fails the day
+    # Orbax moves or renames them, before any user's v1 save does.
+    from orbax.checkpoint.experimental.v1._src.context import context
+    from orbax.checkpoint.experimental.v1._src.synchronization import synchronization
+
+    options = context.get_context().multiprocessing_options
+    assert hasattr(options, "primary_host") and hasattr(options, "active_processes")
+    assert isinstance(synchronization.get_operation_id(), str | int)

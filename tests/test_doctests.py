@@ -8,11 +8,7 @@ import pytest
 
 import datarax
 
-MODULES = sorted(
-    info.name
-    for info in pkgutil.walk_packages(datarax.__path__, "datarax.")
-    if not info.name.startswith("datarax.demo")
-)
+MODULES = sorted(info.name for info in pkgutil.walk_packages(datarax.__path__, "datarax."))
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -26,7 +26,6 @@ import os
 import queue
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,9 @@ from flax import nnx
 
 from datarax.checkpoint import MetadataCheckpointError, MetadataManagerRestore, MetadataManagerSave
 from datarax.core.metadata import MetadataManager, RecordMetadata
+
+sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: run as a script
+from examples.demo.processes import wait_to_be_killed
 
 TRASH = "deleted"
 """The ``todelete_subdir`` that old steps are renamed into with ``--atomic-delete``."""
@@ -120,9 +122,7 @@ def run(args: argparse.Namespace, log: Path) -> None:
             mngr.save(step, args=composite)
             print(f"saved {step}", flush=True)
     mngr.wait_until_finished()
-    print("done", flush=True)
-    while True:  # the test kills every run; one that gets here waits for it
-        time.sleep(3600)
+    wait_to_be_killed("done")  # the test kills every run; one that gets here waits for it
 
 
 def main() -> int:

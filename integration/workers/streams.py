@@ -9,7 +9,6 @@ plain equality.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +18,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from datarax.core.metadata import MetadataManager, RecordMetadata
+from examples.demo.processes import read_jsonl, wait_to_be_killed
+
+read_logs = read_jsonl
+"""A worker's JSON-lines log by step; a last line cut short by a kill is ignored."""
 
 
 def shard_manager(seed: int, shard_id: int | None) -> MetadataManager:
@@ -58,23 +61,6 @@ def one_record_log(record: RecordMetadata) -> dict[str, Any]:
         "record_key": record.record_key,
         "rng_key": np.asarray(jax.random.key_data(record.rng_key)).tolist(),
     }
-
-
-def read_logs(path: Path) -> dict[int, dict[str, Any]]:
-    """A worker's JSON-lines log by step; a last line cut short by a kill is ignored."""
-    logs = {}
-    lines = path.read_text().split("\n") if path.exists() else []
-    for number, line in enumerate(lines):
-        if not line:
-            continue
-        try:
-            log = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) - 1:
-                break
-            raise
-        logs[log["step"]] = log
-    return logs
 
 
 def resumed_logs(attempts: list[Path]) -> dict[int, dict[str, Any]]:
@@ -147,6 +133,4 @@ def log_step(
         return
     mngr.save(step, args=composite())
     if step == announce_save:
-        print(f"saving {step}", flush=True)
-        while True:
-            time.sleep(3600)
+        wait_to_be_killed(f"saving {step}")

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import base64
 import functools
-import threading
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.core._cache import IdentityCache
 
 # Only plain numeric dtypes are written or read: never ``object`` (no pickle, ever).
 _DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                 "uint64", "float16", "float32", "float64")  # fmt: skip
 _DTYPES = {name: np.dtype(name) for name in _DTYPE_NAMES}
-
-
-def is_key(value: Any) -> bool:
-    """Whether ``value`` is a typed JAX PRNG key array (``jax.random.key``)."""
-    return isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key)
 
 
 def check_dtype(dtype: np.dtype, where: str) -> None:
@@ -123,26 +117,19 @@ def decode_array(entry: Any, where: str, blob: Any = None) -> np.ndarray:
 
 
 # The manager's stream keys rarely change between saves; reading a key's data costs a device
-# round trip, so the last few are remembered by identity (the key is kept alive with its
-# entry, so its id cannot be reused while cached).
-_key_cache: dict[int, tuple[jax.Array, str | None, np.ndarray]] = {}
-_key_lock = threading.Lock()
-_KEY_CACHE_SIZE = 64
+# round trip, so it is kept by key identity (see datarax.core._cache for why and how).
+_HOST_DATA: IdentityCache[tuple[str, np.ndarray]] = IdentityCache()
+
+
+def _host_data(key: jax.Array) -> tuple[str, np.ndarray]:
+    data = np.asarray(jax.random.key_data(key))
+    data.flags.writeable = False
+    return str(jax.random.key_impl(key)), data
 
 
 def key_host_data(key: jax.Array) -> tuple[str, np.ndarray]:
     """``(impl, key data)`` of a concrete typed key, the data as a read-only NumPy array."""
-    hit = _key_cache.get(id(key))
-    if hit is not None and hit[0] is key:
-        return hit[1], hit[2]  # type: ignore[return-value]
-    impl = str(jax.random.key_impl(key))
-    data = np.asarray(jax.random.key_data(key))
-    data.flags.writeable = False
-    with _key_lock:
-        if len(_key_cache) >= _KEY_CACHE_SIZE:
-            _key_cache.pop(next(iter(_key_cache)))
-        _key_cache[id(key)] = (key, impl, data)
-    return impl, data
+    return _HOST_DATA.get_or_compute(key, _host_data)
 
 
 @functools.cache

@@ -43,7 +43,6 @@ from datarax.checkpoint.arrays import (
     check_dtype,
     encode_array,
     find_progression,
-    is_key,
     little_endian,
 )
 from datarax.checkpoint.decoding import (
@@ -58,6 +57,7 @@ from datarax.checkpoint.documents import process_header
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
+from datarax.core._rng import is_key
 from datarax.core.metadata import Metadata, RecordMetadata
 
 __all__ = [

@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from datarax.checkpoint.arrays import decode_array, is_key, wrap_key
+from datarax.checkpoint.arrays import decode_array, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND, check_document
 from datarax.checkpoint.source_info import decode_source_info
 from datarax.checkpoint.structure import rebuild
+from datarax.core._rng import is_key
 from datarax.core.metadata import Metadata
 
 _NO_TARGET = object()

@@ -16,10 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from datarax.checkpoint.arrays import is_key, key_host_data, wrap_key
+from datarax.checkpoint.arrays import key_host_data, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.integrity import process_header
 from datarax.core._position import STATE_KEYS, Position, StreamPosition
+from datarax.core._rng import is_key
 
 MANAGER_KIND = "MetadataManager"
 """The ``kind`` of a manager item's process documents."""

@@ -28,15 +28,6 @@ import orbax.checkpoint as ocp
 import orbax.checkpoint.experimental.v1 as ocp_v1
 from etils import epath
 
-# Orbax 0.12.8 exports no accessor for the active v1 Context (which names the primary host
-# and the processes taking part) nor for the id of the save in progress (which makes the
-# barrier names unique and equal on every process). Its own v1 handlers read both from these
-# modules; only _SaveScope uses them.
-from orbax.checkpoint.experimental.v1._src.context import context as _v1_context
-from orbax.checkpoint.experimental.v1._src.synchronization import (
-    synchronization as _v1_sync,
-)
-
 from datarax.checkpoint.manager_handler import (
     MetadataManagerCheckpointHandler,
     MetadataManagerRestore,
@@ -97,6 +88,16 @@ class _SaveScope:
     """Who takes part in this save, read on the calling thread at ``save`` time."""
 
     def __init__(self, item: str) -> None:
+        # Orbax 0.12.8 exports no accessor for the active v1 Context (which names the primary
+        # host and the processes taking part) nor for the id of the save in progress (which
+        # makes the barrier names unique and equal on every process); its own v1 handlers
+        # read both from these private modules. Imported here, so that a change there breaks
+        # v1 saves only; tests/test_checkpoint_orbax_v1.py checks both still exist.
+        from orbax.checkpoint.experimental.v1._src.context import context as _v1_context
+        from orbax.checkpoint.experimental.v1._src.synchronization import (
+            synchronization as _v1_sync,
+        )
+
         options = _v1_context.get_context().multiprocessing_options
         self.primary_host = options.primary_host
         self.processes = options.active_processes
