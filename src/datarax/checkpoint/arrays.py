@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -133,7 +134,7 @@ def key_host_data(key: jax.Array) -> tuple[str, np.ndarray]:
 
 
 @functools.cache
-def _host_wrapper(impl: str) -> Any:
+def _host_wrapper(impl: str) -> Callable[[np.ndarray], jax.Array]:
     return jax.jit(functools.partial(jax.random.wrap_key_data, impl=impl))
 
 
@@ -146,7 +147,8 @@ def wrap_key(data: Any, impl: str, where: str) -> jax.Array:
     try:
         if isinstance(data, np.ndarray):
             return _host_wrapper(impl)(data)
-        return jax.random.wrap_key_data(data, impl=impl)
+        key: jax.Array = jax.random.wrap_key_data(data, impl=impl)  # jax leaves it unannotated
+        return key
     except (TypeError, ValueError) as e:
         raise MetadataCheckpointError(
             f"{where}: cannot rebuild a key of impl {impl!r} from data of shape "

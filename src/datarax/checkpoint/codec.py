@@ -47,14 +47,13 @@ from datarax.checkpoint.arrays import (
 )
 from datarax.checkpoint.decoding import (
     _NO_TARGET,
-    FIELDS,
-    KIND,
     decode_item,
     describe_item,
     global_requests,
 )
 from datarax.checkpoint.documents import process_header
 from datarax.checkpoint.errors import MetadataCheckpointError
+from datarax.checkpoint.metadata_schema import FIELDS, KIND
 from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
 from datarax.core._rng import is_key
@@ -110,7 +109,7 @@ class EncodedItem:
                 hosts.append((entry, array, where))
             else:
                 entry.update(dtype=array.dtype.name, shape=list(array.shape), fill=fill)
-        parts: list[Any] = []
+        parts: list[memoryview | bytes] = []
         if not hosts or sum(a.nbytes for _, a, _ in hosts) <= threshold:
             for entry, array, where in hosts:
                 entry.update(encode_array(array, where))
@@ -120,7 +119,7 @@ class EncodedItem:
             entry.update(dtype=array.dtype.name, shape=list(array.shape))
             entry["blob"] = [offset, array.nbytes]
             pad = -array.nbytes % _ALIGN
-            for part in (array.reshape(-1).view(np.uint8), bytes(pad)):
+            for part in (array.reshape(-1).view(np.uint8).data, bytes(pad)):
                 if len(part):
                     digest.update(part)
                     parts.append(part)

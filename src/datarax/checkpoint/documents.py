@@ -65,7 +65,7 @@ def dumps_document(doc: dict[str, Any]) -> bytes:
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + body
 
 
-def parse_header(line: bytes, name: str) -> dict[str, Any]:
+def parse_header(line: bytes | bytearray, name: str) -> dict[str, Any]:
     """Parses and checks a header line (without its newline).
 
     Raises:
@@ -100,7 +100,7 @@ def parse_header(line: bytes, name: str) -> dict[str, Any]:
     return header
 
 
-def parse_document(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def parse_document(data: bytes | bytearray, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parses and verifies what :func:`dumps_document` wrote: ``(header, document)``.
 
     Raises:

@@ -296,10 +296,10 @@ def _count_mismatch(path: str, saved: Any, count: int) -> MetadataCheckpointErro
 
 
 def _missing_document(
-    directory: epath.Path | str, path: str, index: int, count: int, error: Exception
+    directory: epath.Path | str, path: str, index: int, count: int, error: MetadataCheckpointError
 ) -> MetadataCheckpointError:
     if "missing" not in str(error):
-        return error  # type: ignore[return-value]
+        return error
     saved = sorted(p.name for p in epath.Path(directory).glob("process_*.jsonl"))
     if saved:
         return MetadataCheckpointError(

@@ -194,11 +194,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         if manifest is not None:
             verify_files(directory, manifest["files"], str(directory / ITEM_MANIFEST))
         else:  # format version 1
-            manifest = str(directory / ARRAYS_MANIFEST)
-            _, listing = parse_document(read_item_file(directory, ARRAYS_MANIFEST), manifest)
+            where = str(directory / ARRAYS_MANIFEST)
+            _, listing = parse_document(read_item_file(directory, ARRAYS_MANIFEST), where)
             if listing.get("kind") != "arrays_manifest":
-                raise MetadataCheckpointError(f"{manifest}: not a manifest.")
-            verify_files(directory, listing.get("files"), manifest)
+                raise MetadataCheckpointError(f"{where}: not a manifest.")
+            verify_files(directory, listing.get("files"), where)
         restore_args = {
             name: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
             if sharding is not None
@@ -209,7 +209,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             with warnings.catch_warnings():
                 # Without a target, the saved sharding is what is asked for.
                 warnings.filterwarnings("ignore", "Sharding info not provided", UserWarning)
-                values = self._arrays.restore(
+                values: dict[str, Any] = self._arrays.restore(
                     directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
                 )
         except Exception as e:  # Orbax and tensorstore raise many types; report them alike

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import Any
+from typing import Any, Literal, overload
 
 from etils import epath
 
@@ -55,7 +55,7 @@ item is damaged or incomplete; restore an earlier step or save again.
             f"lists the path {str(rel)[:80]!r}, which is not a relative, normalised path "
             "inside the item",
         )
-    return rel
+    return str(rel)
 
 
 def _kind(mode: int) -> str:
@@ -122,6 +122,26 @@ def open_item_file(directory: epath.Path | str, rel: str) -> tuple[str, int, int
     return path, st.st_size, fd
 
 
+@overload
+def read_item_file(
+    directory: epath.Path | str,
+    rel: str,
+    *,
+    limit: int | None = ...,
+    size: int | None = ...,
+    first: int | None = ...,
+    mutable: Literal[True],
+) -> bytearray: ...
+@overload
+def read_item_file(
+    directory: epath.Path | str,
+    rel: str,
+    *,
+    limit: int | None = ...,
+    size: int | None = ...,
+    first: int | None = ...,
+    mutable: Literal[False] = ...,
+) -> bytes: ...
 def read_item_file(
     directory: epath.Path | str,
     rel: str,
@@ -146,12 +166,14 @@ def read_item_file(
         MetadataCheckpointError: Missing, not a regular file, or of the wrong size.
     """
     path, actual, fd = open_item_file(directory, rel)
+    data: bytes | bytearray
     try:
         _check_size(path, actual, limit, size)
         if fd is None:
-            with epath.Path(path).open("rb") as f:
-                data = f.read(-1 if first is None else first)
-            data = bytearray(data) if mutable else data
+            n = -1 if first is None else first
+            with epath.Path(path).open("rb") as remote:
+                raw: bytes = remote.read(n)  # type: ignore[assignment]  # etils: IO[str] in any mode
+            data = bytearray(raw) if mutable else raw
         else:
             with os.fdopen(fd, "rb") as f:
                 fd = None

@@ -34,7 +34,7 @@ _TUPLE = "$tuple"
 _PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _DICT = "$dict"
 
-_HINTS = {
+_HINTS: dict[type, str] = {
     set: "use a sorted list or a tuple",
     frozenset: "use a sorted list or a tuple",
     bytes: "decode it to a str (or base64-encode it)",
