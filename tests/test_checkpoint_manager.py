@@ -270,6 +270,17 @@ def test_document_is_plain_json_lines(tmp_path):
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("big", [2**63, 10**5000], ids=["2**63", "10**5000"])
+def test_a_counter_json_or_int64_cannot_hold_is_refused_at_the_save_call(tmp_path, big):
+    # 10**5000 has more digits than json.dumps writes: it used to pass the check, make save()
+    # return True and fail in Orbax's commit thread, leaving a temporary step directory.
+    manager = MetadataManager(initial_step=big)
+    refused = pytest.raises(MetadataCheckpointError, match=r"state\['global_step'\].*2\*\*63")
+    with ocp.CheckpointManager(tmp_path) as mngr, refused:
+        mngr.save(1, args=ocp.args.Composite(data=MetadataManagerSave(manager)))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_float_counter_is_refused_before_writing(tmp_path):
     manager = MetadataManager()
     manager.state.set_value({**manager.state.get_value(), "index": 1.5})

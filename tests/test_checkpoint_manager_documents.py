@@ -68,6 +68,8 @@ CRAFTED = {
     "float step": (_state(global_step=1.0), r"state\['global_step'\]"),
     "bool index": (_state(index=True), r"state\['index'\]"),
     "string epoch": (_state(epoch="1"), r"state\['epoch'\]"),
+    "index past int64": (_state(index=2**63), r"state\['index'\].*2\*\*63"),
+    "shard_id past int64": (lambda d: {**d, "shard_id": 10**30}, r"shard_id.*2\*\*63"),
     "batch_idx null while tracking": (_state(batch_idx=None), r"state\['batch_idx'\]"),
     "missing counter": (lambda d: {**d, "state": {"index": 1}}, r"state"),
     "extra counter": (_state(extra=1), r"state"),

@@ -29,12 +29,19 @@ _HEADER_FIELDS = frozenset({"format_version", "kind", "process_index", "process_
 _BODY_FIELDS = frozenset({"state", "shard_id", "track_batches", "rngs"})
 _STREAM_FIELDS = frozenset({"typed", "impl", "key_shape", "key_data", "count_shape", "count"})
 _U32 = np.dtype(np.uint32)
+COUNTER_END = 2**63
+"""Counters and ``shard_id`` are saved and restored in ``[0, 2**63)``: the range of the
+int64 arrays a batch's metadata is built of, and well inside what JSON writes exactly."""
 
 
 def _save_error(where: str, expected: str, value: Any) -> MetadataCheckpointError:
     found = getattr(value, "dtype", None) or type(value).__name__
+    if type(value) is int and value.bit_length() > 64:  # its repr may exceed Python's limit
+        shown = f"of {value.bit_length()} bits"
+    else:
+        shown = repr(value)
     return MetadataCheckpointError(
-        f"Cannot save {where}: expected {expected}, found {found} {value!r}. Nothing was written."
+        f"Cannot save {where}: expected {expected}, found {found} {shown}. Nothing was written."
     )
 
 
@@ -52,8 +59,8 @@ def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
     else:
         expected = "an int >= 0" + (" or None" if optional else "") + " (outside JAX transforms)"
         raise _save_error(where, expected, value)
-    if out < 0:
-        raise _save_error(where, "an int >= 0", value)
+    if not 0 <= out < COUNTER_END:
+        raise _save_error(where, "an int in [0, 2**63)", value)
     return out
 
 
@@ -236,10 +243,10 @@ def _check(doc: dict[str, Any], where: str) -> _Checked:
                 raise _bad(where, "state['batch_idx']", "null (track_batches is false)", state[k])
             counters[k] = None
         else:
-            counters[k] = _int(where, f"state[{k!r}]", state[k])
+            counters[k] = _int(where, f"state[{k!r}]", state[k], COUNTER_END)
     shard_id = doc["shard_id"]
     if shard_id is not None:
-        _int(where, "shard_id", shard_id)
+        _int(where, "shard_id", shard_id, COUNTER_END)
     rngs = doc["rngs"]
     streams = None
     if rngs is not None:
