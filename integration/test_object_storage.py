@@ -100,6 +100,13 @@ def test_killed_mid_save_resumes_exactly_from_the_bucket(store, gcs, s3, process
     partial = server.list_objects(bucket, f"run/{KILL_AT}/")
     print(f"{store}: killed in the save of step {KILL_AT}; committed {committed}; "
           f"{len(partial)} objects under run/{KILL_AT}/")  # fmt: skip
+    # The CLI reads the bucket too: the newest step it would restore is the newest committed.
+    cli = processes.python("-m", "datarax.checkpoint", "verify", f"{store}://{bucket}/run",
+                           "--json", "--quiet")  # fmt: skip
+    assert cli.wait(timeout=120) in (0, 1), cli.output
+    start = next(i for i, line in enumerate(cli.lines) if line.startswith("{"))
+    report = json.loads("\n".join(cli.lines[start:]))
+    assert report["latest_restorable_step"] == committed[-1], cli.output
 
     second = processes.worker("object_store_job", *job, "--log", tmp_path / "second.jsonl",
                               "--resume", *(["--damage"] if store == "gs" else []))  # fmt: skip
