@@ -13,6 +13,8 @@ Every problem with an item is a :class:`MetadataCheckpointError`. The on-disk fo
 described in ``docs/checkpoint-format.md``.
 """
 
+import importlib as _importlib
+
 import orbax.checkpoint as _ocp
 
 from datarax.checkpoint.errors import MetadataCheckpointError as MetadataCheckpointError
@@ -66,4 +68,5 @@ for _handler, _save in (
 ):
     _ocp.args.register_with_handler(_handler, for_save=True)(_save)
 del _obj, _handler, _save
-from datarax.checkpoint import v1_registration as _v1_registration  # noqa: E402, F401
+# Registering the handlers of Orbax's v1 API needs the handlers above: imported last.
+_importlib.import_module("datarax.checkpoint.v1_registration")

@@ -24,8 +24,8 @@ from datarax.checkpoint.manager_codec import (
     decode_manager,
     describe_manager,
     encode_manager,
-    manager_differences,
 )
+from datarax.checkpoint.manager_template import manager_differences
 from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
 
