@@ -12,6 +12,11 @@ Run: ``python -m benchmarks.checkpoint_bench`` (one process; prints tables and r
    reference, when a ``JsonSave`` of the same fields is). Steps are spaced as in training (a
    sleep stands for the train step), the kinds of saves take turns, the previous save has
    finished before the next begins, and the extra time is taken pair by pair.
+
+``--sizes``: a host batch of N = 256 to 1M records, save + wait, restore and bytes on disk,
+beside the same baselines, and the extra blocking time beside 8 MiB of model state.
+``--extra``: a manager with 1, 8, 64 and 1,000 streams, and a ``Metadata`` whose
+``source_info`` has 64k entries, beside ``JsonSave``/``JsonRestore``.
 """
 
 from __future__ import annotations
@@ -132,11 +137,12 @@ def _item_costs(
         _Variant(
             f"{name} JsonSave", root, lambda: ocp.args.JsonSave(as_json), ocp.args.JsonRestore
         ),
-        _Variant(
+    ]
+    if arrays is not None:
+        variants.append(_Variant(
             f"{name} StandardSave", root,
             lambda: ocp.args.StandardSave(arrays), ocp.args.StandardRestore,
-        ),
-    ]  # fmt: skip
+        ))  # fmt: skip
     for _ in range(3):  # warm-up: imports, compilation, first directories
         for v in variants:
             v.save(record=False)
@@ -241,6 +247,43 @@ def _batch_blocking(n: int, steps: int, interval: float, root: str) -> dict[str,
         label: statistics.median([t - a for t, a in zip(times[label], alone, strict=True)]) * 1e3
         for label in ("MetadataSave", "StandardSave")
     }
+
+
+STREAMS = (1, 8, 64, 1000)
+"""Stream counts of the ``--extra`` manager rows."""
+
+
+def _streams_manager(streams: int) -> MetadataManager:
+    rngs = nnx.Rngs(**{f"s{i}": i for i in range(streams)})
+    manager = MetadataManager(rngs=rngs, track_batches=True, shard_id=0)
+    for i in range(10):
+        manager.create_metadata(record_key=i)
+    return manager
+
+
+def _source_info_metadata(entries: int) -> tuple[Metadata, dict[str, Any]]:
+    info = {f"shard_{i:06d}": f"gs://bucket/train/{i:06d}.rec" for i in range(entries)}
+    return Metadata(index=0, epoch=0, global_step=0, source_info=info), info
+
+
+def _extra_rows(repeats: int, root: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Issue 9's extra rows: a manager item with many streams, and a ``Metadata`` whose
+    ``source_info`` has 64k entries, each beside ``JsonSave`` of the same
+    fields (the goal is against ``JsonSave``/``JsonRestore``; no ``StandardSave`` here)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for streams in STREAMS:
+        manager = _streams_manager(streams)
+        as_json, _ = _manager_fields(manager)
+        out[f"manager, {streams} streams"] = _item_costs(
+            f"s{streams}", (lambda m=manager: MetadataManagerSave(m), MetadataManagerRestore),
+            as_json, None, repeats, root,
+        )  # fmt: skip
+    meta, info = _source_info_metadata(1 << 16)
+    out["source_info, 65,536 entries"] = _item_costs(
+        "info", (lambda: MetadataSave(meta), MetadataRestore),
+        {"source_info": info}, None, max(3, repeats // 5), root,
+    )  # fmt: skip
+    return out
 
 
 def _print_sweep(sweep: dict[int, dict[str, tuple[float, float, int]]]) -> None:
@@ -358,7 +401,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--sizes", action="store_true", help="only the host-batch size sweep (N = 256 to 1M)"
     )
+    parser.add_argument(
+        "--extra", action="store_true",
+        help="only the manager with 1 to 1,000 streams and source_info with 64k entries",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.extra:
+        root = tempfile.mkdtemp(prefix="datarax-ckpt-bench-")
+        try:
+            extra = _extra_rows(6 if args.quick else 30, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"machine: {_machine()}")
+        print(f"{'item':30} {'variant':14} {'save+wait':>10} {'restore':>10}   (median ms)")
+        for item, rows in extra.items():
+            for variant, (save, restore) in rows.items():
+                print(f"{item:30} {variant:14} {save:10.2f} {restore:10.2f}")
+            d, j = rows["datarax"], rows["JsonSave"]
+            print(
+                f"  ratio to Json: save {d[0] / j[0]:.2f}  restore {d[1] / j[1]:.2f}  (goal <= 1.5)"
+            )
+        return {"extra": extra}
     if args.sizes:
         root = tempfile.mkdtemp(prefix="datarax-ckpt-bench-")
         try:
