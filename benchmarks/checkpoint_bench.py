@@ -17,6 +17,8 @@ Run: ``python -m benchmarks.checkpoint_bench`` (one process; prints tables and r
 beside the same baselines, and the extra blocking time beside 8 MiB of model state.
 ``--extra``: a manager with 1, 8, 64 and 1,000 streams, and a ``Metadata`` whose
 ``source_info`` has 64k entries, beside ``JsonSave``/``JsonRestore``.
+``--sharded`` (with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``): a batch sharded
+over every device, N = 4k to 8M, beside ``StandardSave`` and ``JsonSave`` (up to 1M).
 """
 
 from __future__ import annotations
@@ -286,8 +288,73 @@ def _extra_rows(repeats: int, root: str) -> dict[str, dict[str, tuple[float, flo
     return out
 
 
-def _print_sweep(sweep: dict[int, dict[str, tuple[float, float, int]]]) -> None:
-    print("host batch (create_batch_metadata as a Metadata), medians (ms) and bytes on disk:")
+SHARDED_SIZES = {4096: 12, 65536: 10, 1 << 20: 8, 1 << 23: 4}
+"""Sizes of the ``--sharded`` sweep and their timed repetitions (``JsonSave`` only up to 1M)."""
+
+
+def _sharded_metadata(n: int) -> tuple[Metadata, dict[str, Any]]:
+    """A batch of ``n`` records, every leaf sharded over all devices along its first axis,
+    and the same arrays as a dict (the key as its key data) for ``StandardSave``."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), PartitionSpec("x"))
+    put = lambda a: jax.device_put(a, sharding)  # noqa: E731
+    counts = jnp.arange(n, dtype=jnp.int32)
+    m = Metadata(
+        index=put(counts), epoch=put(jnp.zeros(n, jnp.int32)), global_step=put(counts // 256),
+        batch_idx=put(counts // 256), rng_key=put(jax.random.split(jax.random.key(0), n)),
+    )  # fmt: skip
+    arrays = {
+        "index": m.index, "epoch": m.epoch, "global_step": m.global_step,
+        "batch_idx": m.batch_idx, "rng_key": put(jax.random.key_data(m.rng_key)),
+    }  # fmt: skip
+    return m, arrays
+
+
+def _sharded_sweep(root: str, scale: float) -> dict[int, dict[str, tuple[float, float, int]]]:
+    """As :func:`_size_sweep`, for a batch sharded over every device (run with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` on a CPU); restores are given
+    the saved arrays as targets, so that each restores with the saved sharding."""
+    out = {}
+    for n, repeats in SHARDED_SIZES.items():
+        m, arrays = _sharded_metadata(n)
+        variants = [
+            _Variant(f"s{n} datarax", root, lambda m=m: MetadataSave(m),
+                     lambda m=m: MetadataRestore(m)),
+            _Variant(f"s{n} StandardSave", root, lambda a=arrays: ocp.args.StandardSave(a),
+                     lambda a=arrays: ocp.args.StandardRestore(a)),
+        ]  # fmt: skip
+        if n <= 1 << 20:
+            as_json = {k: np.asarray(v).tolist() for k, v in arrays.items()}
+            json_save = lambda j=as_json: ocp.args.JsonSave(j)  # noqa: E731
+            variants.append(_Variant(f"s{n} JsonSave", root, json_save, ocp.args.JsonRestore))
+        for v in variants:  # warm-up
+            v.save(record=False)
+            v.restore(record=False)
+        for rep in range(max(2, int(repeats * scale))):
+            for v in variants:
+                if rep >= 3 and n >= 1 << 20 and v.label.endswith("JsonSave"):
+                    continue
+                v.save()
+                v.restore()
+        out[n] = {
+            v.label.split(" ", 1)[1]: (
+                statistics.median(v.save_s) * 1e3, statistics.median(v.restore_s) * 1e3,
+                _disk_bytes(v),
+            )
+            for v in variants
+        }  # fmt: skip
+        for v in variants:
+            v.close()
+            shutil.rmtree(v.dir, ignore_errors=True)
+    return out
+
+
+def _print_sweep(
+    sweep: dict[int, dict[str, tuple[float, float, int]]],
+    title: str = "host batch (create_batch_metadata as a Metadata)",
+) -> None:
+    print(f"{title}, medians (ms) and bytes on disk:")
     print(f"{'N':>8} {'variant':14} {'save+wait':>10} {'restore':>10} {'bytes':>11}")
     for n, rows in sweep.items():
         for variant, (save, restore, size) in rows.items():
@@ -295,7 +362,8 @@ def _print_sweep(sweep: dict[int, dict[str, tuple[float, float, int]]]) -> None:
     print("ratios: datarax / the faster of JsonSave and StandardSave (goal <= 1.0); bytes /")
     print("StandardSave's (goal <= 1.1):")
     for n, rows in sweep.items():
-        d, j, s = rows["datarax"], rows["JsonSave"], rows["StandardSave"]
+        d, s = rows["datarax"], rows["StandardSave"]
+        j = rows.get("JsonSave", s)
         print(
             f"  N={n:<8} save {d[0] / min(j[0], s[0]):.2f}  restore {d[1] / min(j[1], s[1]):.2f}"
             f"  (vs StandardSave: save {d[0] / s[0]:.2f}, restore {d[1] / s[1]:.2f})"
@@ -405,7 +473,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--extra", action="store_true",
         help="only the manager with 1 to 1,000 streams and source_info with 64k entries",
     )  # fmt: skip
+    parser.add_argument(
+        "--sharded", action="store_true",
+        help="only a batch sharded over every device, N = 4k to 8M (set XLA_FLAGS first)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.sharded:
+        root = tempfile.mkdtemp(prefix="datarax-ckpt-bench-")
+        try:
+            sweep = _sharded_sweep(root, 0.5 if args.quick else 1.0)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"machine: {_machine()}, {jax.device_count()} devices")
+        _print_sweep(sweep, "batch sharded over every device (JsonSave up to 1M only)")
+        return {"sharded": sweep}
     if args.extra:
         root = tempfile.mkdtemp(prefix="datarax-ckpt-bench-")
         try:
