@@ -1,7 +1,8 @@
 """Draws ``docs/benchmarks.png`` from the tables measured in ``docs/benchmarks.md``.
 
-One figure, two panels: records per second of metadata creation, and the cost of the
-checkpoint items against Orbax's ``JsonSave`` and ``StandardSave``.
+One figure, four panels: records per second of metadata creation, the cost of the
+checkpoint items against Orbax's ``JsonSave`` and ``StandardSave``, and (log-log) the
+save and restore time of a host batch of N records against N, beside the same baselines.
 
 Run from the repository root: ``.venv/bin/python docs/scripts/plot_benchmarks.py``. The
 figures are read from the Markdown tables, never typed in here, so the plot cannot drift
@@ -55,9 +56,15 @@ def plot(benchmarks_md: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     page = benchmarks_md.read_text(encoding="utf-8")
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8.5), layout="constrained")
-    _plot_creation(top, read_table(page, "Metadata creation"))
-    _plot_checkpoint(bottom, read_table(page, "Checkpoint plugin"))
+    fig, axes = plt.subplot_mosaic(
+        [["creation", "creation"], ["items", "items"], ["save", "restore"]],
+        figsize=(9, 12.5), layout="constrained", height_ratios=[1.1, 1, 0.9],
+    )  # fmt: skip
+    _plot_creation(axes["creation"], read_table(page, "Metadata creation"))
+    _plot_checkpoint(axes["items"], read_table(page, "Checkpoint plugin"))
+    sizes = read_table(page, "Checkpoint cost against size")
+    _plot_sizes(axes["save"], sizes, column=2, what="save + wait")
+    _plot_sizes(axes["restore"], sizes, column=3, what="restore")
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -71,7 +78,8 @@ def _plot_creation(ax: Any, rows: list[list[str]]) -> None:
     ax.barh([i - height / 2 for i in y], fast, height, label="datarax MetadataManager")
     ax.barh([i + height / 2 for i in y], slow, height, label="straightforward baseline")
     for i, (f, s) in enumerate(zip(fast, slow, strict=True)):
-        ax.annotate(f"{f / s:,.0f}x", (f, i - height / 2), xytext=(4, 0),
+        ratio = f"{f / s:,.0f}x" if f / s >= 10 else f"{f / s:.2g}x"
+        ax.annotate(ratio, (f, i - height / 2), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=8)  # fmt: skip
     ax.set_yticks(list(y), labels, fontsize=8)
     ax.invert_yaxis()
@@ -106,6 +114,37 @@ def _plot_checkpoint(ax: Any, rows: list[list[str]]) -> None:
     ax.set_xlabel("median ms per operation (lower is better; ticks: each run)", fontsize=9)
     ax.set_title("Checkpoint items inside a CheckpointManager", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+
+
+def _plot_sizes(ax: Any, rows: list[list[str]], column: int, what: str) -> None:
+    """Log-log lines: median ms of one operation against N, one line per variant."""
+    lines: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        variant = row[1].replace("`", "")
+        xs, ys = lines.setdefault(variant, ([], []))
+        xs.append(number(row[0]))
+        runs = numbers(row[column])  # one figure per run: plot their mean
+        ys.append(sum(runs) / len(runs))
+    for variant, (xs, ys) in lines.items():
+        ax.plot(xs, ys, "o-", label=variant, markersize=4)
+    ax.set_xscale("log", base=2)
+    sizes = sorted({x for xs, _ in lines.values() for x in xs})
+    ax.set_xticks(sizes, [_short(n) for n in sizes], fontsize=8)
+    ax.minorticks_off()
+    ax.set_yscale("log")
+    ax.set_xlabel("records in the host batch, N (log)", fontsize=9)
+    ax.set_ylabel(f"median ms, {what} (log)", fontsize=9)
+    ax.set_title(f"Host batch of N records: {what}", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _short(n: float) -> str:
+    """``1048576`` as ``'1M'``, ``4096`` as ``'4k'``, ``256`` as ``'256'``."""
+    for size, suffix in ((1 << 20, "M"), (1 << 10, "k")):
+        if n >= size and n % size == 0:
+            return f"{int(n) // size}{suffix}"
+    return f"{n:g}"
 
 
 def main(argv: list[str] | None = None) -> None:
