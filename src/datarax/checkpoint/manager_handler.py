@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
-from collections.abc import Coroutine
 from typing import Any
 
 import jax
@@ -26,6 +23,7 @@ from datarax.checkpoint.manager_codec import (
     encode_manager,
 )
 from datarax.checkpoint.manager_template import manager_differences
+from datarax.checkpoint.sync_save import run_now
 from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
 
@@ -116,7 +114,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         """Saves synchronously: :meth:`async_save`, then its commit future, now. A single
         process's item is then complete: its manifest is written (``finalize``, which Orbax's
         checkpointers call next, writes the same one)."""
-        _run_now(self.async_save(directory, args))
+        run_now(self.async_save(directory, args))
         if jax.process_count() == 1:
             write_item_manifest(directory)
 
@@ -166,20 +164,6 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         """Writes ``item_manifest.jsonl``, which ties every process's file to this save.
         Orbax runs this once, on its primary process, after every process committed."""
         write_item_manifest(directory)
-
-
-def _run_now(save: Coroutine[Any, Any, list[ocp.future.Future]]) -> None:
-    """Runs an ``async_save`` coroutine and waits for its commit futures, from any thread
-    (inside a running event loop, a notebook's for instance, on a thread of its own)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        futures = asyncio.run(save)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            futures = pool.submit(asyncio.run, save).result()
-    for future in futures:
-        future.result()
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_save=True)

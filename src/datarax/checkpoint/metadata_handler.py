@@ -42,6 +42,7 @@ from datarax.checkpoint.manifest import (
 )
 from datarax.checkpoint.metadata_schema import check_document
 from datarax.checkpoint.safe_files import read_item_file
+from datarax.checkpoint.sync_save import run_now
 
 
 class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
@@ -131,17 +132,13 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         return futures
 
     def save(self, directory: epath.Path, args: MetadataSave) -> None:
-        """Saves synchronously. Call :meth:`finalize` afterwards, as Orbax's checkpointers
-        do (a single process's item without global arrays is complete without it)."""
-        check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
-        encoded = args.take_snapshot()
-        directory = epath.Path(directory)
-        if encoded.global_arrays:
-            with self._lock:
-                self._pending_manifests.add(str(directory))
-            self._arrays.save(directory, args=ocp.args.PyTreeSave(encoded.global_arrays))
-        _write_process(directory, encoded)
-        if not encoded.global_arrays and jax.process_count() == 1:
+        """Saves synchronously: :meth:`async_save`, then its commit futures, now. Call
+        :meth:`finalize` afterwards, as Orbax's checkpointers do; a single process's item
+        without global arrays is complete without it (its manifest is written now)."""
+        run_now(self.async_save(directory, args))
+        with self._lock:
+            arrays = str(epath.Path(directory)) in self._pending_manifests
+        if not arrays and jax.process_count() == 1:
             write_item_manifest(directory)
 
     def finalize(self, directory: epath.Path) -> None:
