@@ -10,6 +10,8 @@ concurrently, so the manager is used from several threads), whose ``.map`` retur
 record's ``rng_key``: per record against the straightforward manager, and per batch of 256
 (``.batch(256)`` then ``create_batch_metadata``) against the least a pipeline can do to key
 a batch, one ``jit(vmap(fold_in))`` call over the batch's counts.
+Each Grain row is followed by Grain alone (a ``.map`` that returns one fixed key): the
+rate no manager can pass in that pipeline, so its ratio is the most any manager can reach.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ except ImportError:  # grain is in the test extra; without it the Grain rows are
     grain = None
 
 from benchmarks.straightforward import StraightforwardManager
-from datarax.core.metadata import MetadataManager
+from datarax.core.metadata import MetadataManager, RecordMetadata
 
 BATCH = 4096
 GRAIN_RECORDS = 100_000
@@ -115,19 +117,36 @@ def _grain_rows(scale: int, repeats: int) -> list[tuple[str, float, float]]:
         print("grain is not installed: the Grain rows are skipped (pip install grain)")
         return []
     rows = []
+    fixed = _Fixed(jax.random.key(0))
     for label, threads in (("", True), (", no prefetch threads", False)):
         manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
         fast = _rate(_grain_records(manager, threads), 100_000 // scale, repeats)
         slow_manager = StraightforwardManager(rngs=nnx.Rngs(metadata=0))
         slow = _rate(_grain_records(slow_manager, threads), 4_000 // scale, repeats)
         rows.append((f"grain .map, create_metadata + rng_key{label}", fast, slow))
+        # Grain alone: the ratio no manager can pass with these read options.
+        alone = _rate(_grain_records(fixed, threads), 100_000 // scale, repeats)
+        rows.append((f"  Grain alone (a fixed key per record){label}", alone, slow))
     manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
     batches = _grain_batches(lambda ids: manager.create_batch_metadata(ids).rng_key)
     baseline = _grain_batches(_vmap_fold_in())
     n = GRAIN_RECORDS // scale
     fast, slow = _rate(batches, n, repeats), _rate(baseline, n, repeats)
     rows.append(("grain .batch(256), create_batch_metadata", fast, slow))
+    alone = _rate(_grain_batches(lambda ids: fixed.key), n, repeats)
+    rows.append(("  Grain alone (a fixed key per batch)", alone, slow))
     return rows
+
+
+class _Fixed:
+    """Stands in for a manager that costs nothing: every record gets the same key."""
+
+    def __init__(self, key: jax.Array) -> None:
+        self.key = key
+        self.record = RecordMetadata(index=0, record_key=0, rng_key=key)
+
+    def create_metadata(self, record_key: int) -> RecordMetadata:
+        return self.record
 
 
 def _check_identical(n: int = 300) -> None:

@@ -91,7 +91,9 @@ def build_batch(
         return None if value is None else xp.full(n, value, dtype=dtype)
 
     def count_up(value: Any) -> Any:
-        return xp.arange(n, dtype=dtype) + (value if host else jnp.asarray(value, dtype))
+        if host:  # check_fits made sure that value + n fits dtype
+            return np.arange(value, value + n, dtype=dtype)
+        return jnp.arange(n, dtype=dtype) + jnp.asarray(value, dtype)
 
     # Built without RecordMetadata's checks: every field is valid by construction (the
     # keys were checked by record_key_array, source_info by the caller), and the checks

@@ -92,30 +92,44 @@ class KeyStream:
             first, count = self._next_window(start, step, batched)
             items: list[jax.Array]  # iterating a key array yields its keys
             if not batched:
-                items = list(fold_in_range(self.key, np.uint32(first), count))
+                items = list(fold_in_range(self.key, np.uint32(first & 0xFFFFFFFF), count))
             else:
-                items = list(fold_in_batches(self.key, np.uint32(first), step, count))
+                items = list(fold_in_batches(self.key, np.uint32(first & 0xFFFFFFFF), step, count))
             self._windows = ((first, step, batched, items), *self._windows[: _KEPT - 1])
             return items[(start - first) // step]
 
     def _next_window(self, start: int, step: int, batched: bool) -> tuple[int, int]:
-        """Where the window holding ``start`` begins, and how many items it holds.
-
-        Readers moving forward (one thread, or several reading slightly out of order, as
-        Grain's prefetch threads do) get windows that continue the newest one and double in
-        size; a jump starts a small window at ``start``, so that sparse readers never pay
-        for many keys they do not read. The newest few windows are kept, so that a reader a
-        little behind the others still finds its key.
-        """
-        most = max(1, _MAX_WINDOW_KEYS // step) if batched else _MAX_WINDOW
+        """Where the window holding ``start`` begins, and how many items it holds."""
+        if batched:
+            return self._next_batch_window(start, step)
+        # Readers moving forward (one thread, or several reading slightly out of order, as
+        # Grain's prefetch threads do) get windows that continue the newest one and double
+        # in size; a jump starts a small window at ``start``, so that sparse readers never
+        # pay for many keys they do not read.
         if self._windows:
             first, held_step, held_batched, items = self._windows[0]
-            end, count = first + len(items) * step, min(2 * len(items), most)
-            same = held_step == step and held_batched == batched
-            # A batch's keys are one item: only a batch right after the window continues it.
-            if same and (start == end if batched else end <= start < end + count):
+            end, count = first + len(items), min(2 * len(items), _MAX_WINDOW)
+            if held_step == 1 and not held_batched and end <= start < end + count:
                 return end, count
-        return start, 1 if batched else _FIRST_WINDOW
+        return start, _FIRST_WINDOW
+
+    def _next_batch_window(self, start: int, step: int) -> tuple[int, int]:
+        """The window of batches of ``step`` keys holding the batch at ``start``.
+
+        The first batch of a size gets a window of its own (one batch costs one batch's
+        keys). Later batches of that size fall on a grid of windows of ``per_window``
+        batches, anchored at the newest window of that size, so that batches requested out
+        of order (from Grain's prefetch threads, which reserve in one order and derive in
+        another) find the window another thread derived instead of each deriving their own.
+        """
+        per_window = max(1, _MAX_WINDOW_KEYS // step)
+        for first, held_step, held_batched, _ in self._windows:
+            if held_batched and held_step == step:
+                if (start - first) % step:
+                    break  # a record or a batch of another size moved the grid
+                span = per_window * step
+                return first + (start - first) // span * span, per_window
+        return start, 1
 
 
 _Window = tuple[int, int, bool, list[jax.Array]]
