@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -138,6 +139,16 @@ class Soak:
     progress: int = 0  # steps the resume point must have advanced by, at least
 
 
+def wait_for_saved(runs: Any, step: int, since: int) -> None:
+    """Waits until the run has written ``saved S`` for some ``S >= step`` (one late line
+    on a loaded machine must not read as a lost save)."""
+    for line in runs.follow(120, since):
+        found = re.fullmatch(r"saved (\d+)", line)
+        if found and int(found.group(1)) >= step:
+            return
+    raise runs.error(f"Waiting for 'saved {step}' or later")
+
+
 def soak(processes, directory: Path, trials: int, *, atomic_delete: bool = True) -> Soak:
     """Runs ``trials`` children in ``directory``, killing each at a seeded random instant
     and checking what it committed before the next one resumes from it."""
@@ -165,7 +176,7 @@ def soak(processes, directory: Path, trials: int, *, atomic_delete: bool = True)
         # The run resumes where this test found the newest step that restores.
         runs.wait_for_line(f"start {found.resumed_from}", 60, since=since)
         saves = rng.randint(1, 5)
-        runs.wait_for_line(f"saved {found.resumed_from + saves}", 60, since=since)
+        wait_for_saved(runs, found.resumed_from + saves, since)
         # save(s) returns once the save before it committed, old steps deleted.
         found.progress += saves - 1
         time.sleep(rng.uniform(0.0, 0.3))  # anywhere in the next steps' loop
