@@ -13,6 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from datarax.checkpoint.array_files import verify_files
 from datarax.checkpoint.codec import (
     _NO_TARGET,
     KIND,
@@ -37,7 +38,6 @@ from datarax.checkpoint.manifest import (
     ItemDocument,
     read_item_document,
     read_manifest,
-    verify_files,
     write_item_manifest,
 )
 from datarax.checkpoint.metadata_schema import check_document
