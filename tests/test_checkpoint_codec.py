@@ -182,6 +182,9 @@ PROGRESSIONS = {
     "int64 beyond 2**53": (np.arange(20, dtype=np.int64) * 3 + 2**62, [2**62, 3]),
     "almost": (np.concatenate([np.arange(99), [0]]).astype(np.int32), None),
     "too short": (np.arange(15, dtype=np.int32), None),
+    "batches of 256": (np.arange(1000, dtype=np.int32) // 256 + 9, [9, 1, 256]),
+    "repeated, wrapping uint8": ((np.arange(2000) // 3 * 5 + 250).astype(np.uint8), [250, 5, 3]),
+    "repeated, then not": (np.concatenate([np.arange(40) // 4, [7]]).astype(np.int64), None),
 }
 
 

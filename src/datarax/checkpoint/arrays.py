@@ -40,11 +40,14 @@ def little_endian(array: Any) -> np.ndarray:
 
 FILL_MIN_SIZE = 16
 """Integer arrays of at least this many elements that are arithmetic progressions (a
-constant, ``arange``) are saved as ``"fill": [start, step]``, not element by element."""
+constant, ``arange``), possibly with each value repeated (``arange(n) // 256``: the step
+of consecutive batches of 256 records), are saved as ``"fill": [start, step]`` or
+``[start, step, repeat]``, not element by element."""
 
 
-def progression(start: int, step: int, shape: Any, dtype: np.dtype) -> np.ndarray:
-    """``start + step * arange`` of ``shape``, computed in ``dtype`` (wrapping like it).
+def progression(start: int, step: int, shape: Any, dtype: np.dtype, repeat: int = 1) -> np.ndarray:
+    """``start + step * (arange // repeat)`` of ``shape``, computed in ``dtype`` (wrapping
+    like it): ``[start, start + step, ...]`` with each value ``repeat`` times.
 
     Raises:
         OverflowError: ``start`` or ``step`` does not fit ``dtype``.
@@ -52,24 +55,38 @@ def progression(start: int, step: int, shape: Any, dtype: np.dtype) -> np.ndarra
     count = int(np.prod(shape, dtype=np.int64))
     if step == 0:
         return np.full(shape, dtype.type(start), dtype)
-    out = np.arange(count, dtype=dtype)
+    repeat = min(repeat, max(count, 1))  # the same values; never more than count made
+    out = np.arange(-(-count // repeat), dtype=dtype)
     if step != 1:
         out *= dtype.type(step)
     out += dtype.type(start)
+    if repeat > 1:
+        out = np.repeat(out, repeat)[:count]
     return out.reshape(shape)
 
 
 def find_progression(array: np.ndarray) -> list[int] | None:
-    """``[start, step]`` if the integer ``array`` is exactly :func:`progression` of them."""
+    """``[start, step]`` (or ``[start, step, repeat]``, ``repeat > 1``) if the integer
+    ``array`` is exactly :func:`progression` of them."""
     if array.dtype.kind not in "iu" or array.size < FILL_MIN_SIZE:
         return None
     flat = array.reshape(-1)
-    start, step = int(flat[0]), int(flat[1]) - int(flat[0])
+    changes = np.flatnonzero(flat[:FILL_MIN_SIZE] != flat[0])  # most arrays: decided here
+    if not changes.size:
+        changes = np.flatnonzero(flat != flat[0])[:1]
+    repeat = int(changes[0]) if changes.size else 1
+    start = int(flat[0])
+    step = int(flat[repeat]) - start if changes.size else 0
     try:
-        candidate = progression(start, step, flat.shape, array.dtype)
+        head = progression(start, step, (min(flat.size, 2 * FILL_MIN_SIZE),), array.dtype, repeat)
+        if not np.array_equal(head, flat[: head.size]):
+            return None
+        candidate = progression(start, step, flat.shape, array.dtype, repeat)
     except OverflowError:
         return None
-    return [start, step] if np.array_equal(candidate, flat) else None
+    if not np.array_equal(candidate, flat):
+        return None
+    return [start, step] if repeat == 1 else [start, step, repeat]
 
 
 def encode_array(array: np.ndarray, where: str) -> dict[str, Any]:
@@ -97,10 +114,12 @@ def decode_array(entry: Any, where: str, blob: Any = None) -> np.ndarray:
             raise ValueError(f"bad shape {shape}")
         count = int(np.prod(shape, dtype=np.int64))
         if "fill" in entry:
-            start, step = entry["fill"]
-            if dtype.kind not in "iu" or type(start) is not int or type(step) is not int:
+            start, step, *repeat = entry["fill"]
+            if dtype.kind not in "iu" or not all(type(n) is int for n in entry["fill"]):
                 raise ValueError(f"bad fill {entry['fill']} of dtype {dtype}")
-            return progression(start, step, shape, dtype)
+            if repeat and repeat[0] < 2:
+                raise ValueError(f"bad fill repeat {repeat[0]}")
+            return progression(start, step, shape, dtype, *repeat)
         if "blob" in entry:
             offset, nbytes = entry["blob"]
             if blob is None or nbytes != count * dtype.itemsize or offset + nbytes > len(blob):

@@ -17,9 +17,11 @@ else into the process's binary file, ``process_<i>.bin`` (``"blob": [offset, nby
 An integer array that is an arithmetic progression (a constant, an ``arange``: most
 counters of a batch) is ``"fill": [start, step]`` instead (see
 :func:`~datarax.checkpoint.arrays.find_progression`).
-A ``jax.Array`` spread over several devices (or processes) is instead named in the document
-(``"global": name``) and saved by Orbax's array serialization, so that it is written from
-every device and can be restored with another sharding.
+A ``jax.Array`` spread over several devices of this process is a host array whose entry
+also gives its sharding (``"sharding"``, see :mod:`datarax.checkpoint.shardings`). One
+spread over several processes (or with a sharding that cannot be written down) is instead
+named in the document (``"global": name``) and saved by Orbax's array serialization, so
+that it is written from every process and can be restored with another sharding.
 
 Encoding has two steps. :func:`encode_item` checks the item and copies what can change
 (NumPy arrays, ``source_info``), keeping references to immutable JAX arrays: the handler
@@ -54,6 +56,7 @@ from datarax.checkpoint.decoding import (
 from datarax.checkpoint.documents import process_header
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND
+from datarax.checkpoint.shardings import describe as describe_sharding
 from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
 from datarax.core._rng import is_key
@@ -84,8 +87,8 @@ class EncodedItem:
         doc: The document, its host arrays still to lay out (see :meth:`finish`).
         host_arrays: ``(array entry, value, where)`` per host array: a NumPy copy, or a
             JAX array or typed key (immutable) whose data is fetched by :meth:`finish`.
-        global_arrays: Arrays spread over several devices, by the name the document gives
-            them; typed keys are given as their key data.
+        global_arrays: Arrays spread over several processes, for Orbax to save, by the
+            name the document gives them; typed keys are given as their key data.
     """
 
     doc: dict[str, Any]
@@ -256,7 +259,8 @@ def _encode_field(
             f"{type(value).__name__}. Save outside JAX transformations. Nothing was written."
         )
     typed = is_key(value)
-    if is_global(value):
+    sharding = describe_sharding(value) if is_global(value) else None
+    if is_global(value) and sharding is None:  # on several processes: through Orbax
         data = jax.random.key_data(value) if typed else value
         encoded.global_arrays[gname] = data
         out = {"container": "jax", "global": gname, "dtype": data.dtype.name}
@@ -265,6 +269,8 @@ def _encode_field(
         if not typed:
             check_dtype(value.dtype, where)
         out = {"container": "jax"}
+        if sharding is not None:  # held whole by this process: fetched from its shards
+            out["sharding"] = sharding
         encoded.host_arrays.append((out, value, where))  # immutable: fetched by finish()
     if typed:
         return {"key": {"typed": True, "impl": str(jax.random.key_impl(value)), "data": out}}

@@ -17,6 +17,7 @@ from jax.tree_util import keystr, tree_flatten_with_path
 from datarax.checkpoint.arrays import decode_array, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND, check_document
+from datarax.checkpoint.shardings import rebuild as saved_sharding
 from datarax.checkpoint.source_info import decode_source_info
 from datarax.checkpoint.structure import rebuild
 from datarax.core._rng import is_key
@@ -260,6 +261,8 @@ def _materialize(
             "(jax_enable_x64 is off). Enable it before restoring "
             "(jax.config.update('jax_enable_x64', True)), or restore into a NumPy target."
         )
+    if sharding is None and "sharding" in arr:  # no sharding asked for: the saved one
+        sharding = saved_sharding(arr["sharding"], where)
     if sharding is None:
         return jnp.asarray(host)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -50,10 +50,12 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
     Each process writes its own document, ``process_<i>.jsonl``: the item's structure, every
     field's container (Python int, NumPy or JAX array, typed or raw key with its impl) and
-    value, and ``source_info``. A ``jax.Array`` spread over several devices (the metadata of
-    a global batch) is written by Orbax's own array serialization from every device, and
-    restores with the target's sharding. A ``source_info`` value that would not come back
-    equal and of the same type is refused before anything is written.
+    value, and ``source_info``. A ``jax.Array`` spread over several processes (the metadata
+    of a global batch) is written by Orbax's own array serialization from every process;
+    one on several devices of this process is written like a host array, with its
+    sharding. Either restores with the target's sharding (without one, the saved one). A
+    ``source_info`` value that would not come back equal and of the same type is refused
+    before anything is written.
 
     The item is checked when :class:`MetadataSave` is built, so an item that cannot be saved
     fails before Orbax starts; its values are taken at :meth:`async_save`'s entry (the
