@@ -65,26 +65,53 @@ def progression(start: int, step: int, shape: Any, dtype: np.dtype, repeat: int 
     return out.reshape(shape)
 
 
+_CHUNK = 1 << 16
+
+
+def _first_change(flat: np.ndarray) -> int | None:
+    """The index of the first element that differs from ``flat[0]``, if any."""
+    for i in range(0, flat.size, _CHUNK):
+        changes = np.flatnonzero(flat[i : i + _CHUNK] != flat[0])
+        if changes.size:
+            return i + int(changes[0])
+    return None
+
+
+def _wrapped(value: int, dtype: np.dtype) -> int:
+    """``value`` wrapped into ``dtype``'s range, as the dtype's arithmetic wraps."""
+    bits = 8 * dtype.itemsize
+    value %= 1 << bits
+    return value - (1 << bits) if dtype.kind == "i" and value >> (bits - 1) else value
+
+
 def find_progression(array: np.ndarray) -> list[int] | None:
     """``[start, step]`` (or ``[start, step, repeat]``, ``repeat > 1``) if the integer
-    ``array`` is exactly :func:`progression` of them."""
+    ``array`` is exactly :func:`progression` of them.
+
+    It compares a chunk at a time (element ``i`` of the progression is
+    ``start + step * (i // repeat)`` wrapped into the dtype): no temporary as large as the
+    array, which matters on the fresh threads Orbax saves on, where every large new array
+    costs its page faults.
+    """
     if array.dtype.kind not in "iu" or array.size < FILL_MIN_SIZE:
         return None
-    flat = array.reshape(-1)
-    changes = np.flatnonzero(flat[:FILL_MIN_SIZE] != flat[0])  # most arrays: decided here
-    if not changes.size:
-        changes = np.flatnonzero(flat != flat[0])[:1]
-    repeat = int(changes[0]) if changes.size else 1
+    flat, dtype = array.reshape(-1), array.dtype
+    change = _first_change(flat)
+    repeat = 1 if change is None else change
     start = int(flat[0])
-    step = int(flat[repeat]) - start if changes.size else 0
+    step = 0 if change is None else int(flat[repeat]) - start
+    runs, per_chunk = -(-flat.size // repeat), max(1, _CHUNK // repeat)
     try:
-        head = progression(start, step, (min(flat.size, 2 * FILL_MIN_SIZE),), array.dtype, repeat)
-        if not np.array_equal(head, flat[: head.size]):
-            return None
-        candidate = progression(start, step, flat.shape, array.dtype, repeat)
+        for k in range(0, runs, per_chunk):  # runs k to k + len(values), and their elements
+            first = _wrapped(start + step * k, dtype)
+            values = progression(first, step, (min(per_chunk, runs - k),), dtype)
+            part = flat[k * repeat : (k + len(values)) * repeat]
+            whole = part.size // repeat
+            if not (part[: whole * repeat].reshape(whole, repeat) == values[:whole, None]).all():
+                return None
+            if part.size % repeat and (part[whole * repeat :] != values[whole]).any():
+                return None
     except OverflowError:
-        return None
-    if not np.array_equal(candidate, flat):
         return None
     return [start, step] if repeat == 1 else [start, step, repeat]
 

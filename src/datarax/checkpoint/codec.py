@@ -63,7 +63,7 @@ from datarax.core._rng import is_key
 from datarax.core.metadata import Metadata, RecordMetadata
 
 __all__ = [
-    "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "decode_item",
+    "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "blob_sha256", "decode_item",
     "describe_item", "encode_item", "global_requests", "is_global",
 ]  # fmt: skip
 
@@ -95,12 +95,16 @@ class EncodedItem:
     host_arrays: list[tuple[dict[str, Any], Any, str]]
     global_arrays: dict[str, jax.Array]
 
-    def finish(self, threshold: int = BLOB_THRESHOLD) -> tuple[dict[str, Any], list[Any]]:
+    def finish(
+        self, threshold: int = BLOB_THRESHOLD, *, digest: bool = True
+    ) -> tuple[dict[str, Any], list[Any]]:
         """Fetches the host arrays and lays them out: ``(document, blob parts)``.
 
         The parts (NumPy arrays and padding, to write back to back) are empty when the
         arrays went into the document as base64; otherwise the document's ``blob`` entry
-        gives their total size and sha256. Call it once.
+        gives their total size and sha256 (with ``digest=False``, only their size: the
+        caller adds :func:`blob_sha256` of the parts, computed while it writes them). Call
+        it once.
         """
         hosts = []
         for entry, value, where in self.host_arrays:
@@ -117,18 +121,27 @@ class EncodedItem:
             for entry, array, where in hosts:
                 entry.update(encode_array(array, where))
             return self.doc, parts
-        digest, offset = hashlib.sha256(), 0
+        offset = 0
         for entry, array, _ in hosts:
             entry.update(dtype=array.dtype.name, shape=list(array.shape))
             entry["blob"] = [offset, array.nbytes]
             pad = -array.nbytes % _ALIGN
             for part in (array.reshape(-1).view(np.uint8).data, bytes(pad)):
                 if len(part):
-                    digest.update(part)
                     parts.append(part)
             offset += array.nbytes + pad
-        self.doc["blob"] = {"size": offset, "sha256": digest.hexdigest()}
+        self.doc["blob"] = {"size": offset}
+        if digest:
+            self.doc["blob"]["sha256"] = blob_sha256(parts)
         return self.doc, parts
+
+
+def blob_sha256(parts: list[Any]) -> str:
+    """The sha256 (hex) of the blob :meth:`EncodedItem.finish` laid out as ``parts``."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
@@ -259,8 +272,9 @@ def _encode_field(
             f"{type(value).__name__}. Save outside JAX transformations. Nothing was written."
         )
     typed = is_key(value)
-    sharding = describe_sharding(value) if is_global(value) else None
-    if is_global(value) and sharding is None:  # on several processes: through Orbax
+    spread = is_global(value)
+    sharding = describe_sharding(value) if spread else None
+    if spread and sharding is None:  # on several processes: through Orbax
         data = jax.random.key_data(value) if typed else value
         encoded.global_arrays[gname] = data
         out = {"container": "jax", "global": gname, "dtype": data.dtype.name}

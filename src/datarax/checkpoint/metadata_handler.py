@@ -18,6 +18,7 @@ from datarax.checkpoint.codec import (
     _NO_TARGET,
     KIND,
     EncodedItem,
+    blob_sha256,
     decode_item,
     describe_item,
     encode_item,
@@ -239,10 +240,12 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
 
 def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
-    """Lays out this process's arrays and writes its blob (if any), then its document."""
-    doc, parts = encoded.finish()
+    """Lays out this process's arrays and writes its blob (if any), hashed on another thread
+    meanwhile (writes and sha256 release the GIL), then its document."""
+    doc, parts = encoded.finish(digest=False)
     index = doc["process_index"]
     if parts:
+        digest = _hash_pool().submit(blob_sha256, parts)
         path = directory / blob_file_name(index)
         if local_name(path) is None:
             write_bytes(path, b"".join(bytes(p) for p in parts))
@@ -250,6 +253,7 @@ def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
             with open(path, "wb") as f:
                 for part in parts:
                     f.write(part)
+        doc["blob"]["sha256"] = digest.result()
     write_document(directory / process_file_name(index), doc)
 
 
@@ -277,16 +281,21 @@ def _read_blob(
 ) -> tuple[bytearray, concurrent.futures.Future[str]]:
     """This process's blob (of the size the document gives), and its sha256 being computed
     (on a background thread when the blob is large)."""
-    global _hasher
     name = blob_file_name(doc["process_index"])
     data = read_item_file(directory, name, size=doc["blob"]["size"], mutable=True)
     digest: concurrent.futures.Future[str] = concurrent.futures.Future()
     if len(data) < _HASH_IN_BACKGROUND:
         digest.set_result(hashlib.sha256(data).hexdigest())
         return data, digest
+    return data, _hash_pool().submit(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that hashes blobs while they are written or decoded."""
+    global _hasher
     if _hasher is None:
         _hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="datarax_hash")
-    return data, _hasher.submit(lambda: hashlib.sha256(data).hexdigest())
+    return _hasher
 
 
 def _check_blob(directory: epath.Path, doc: dict[str, Any], digest: str) -> None:
