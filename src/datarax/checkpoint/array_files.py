@@ -15,15 +15,17 @@ import concurrent.futures
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from etils import epath
 
-from datarax.checkpoint.documents import damaged
-from datarax.checkpoint.safe_files import check_relative, read_item_file
+from datarax.checkpoint.documents import damaged, local_name
+from datarax.checkpoint.safe_files import check_relative, open_item_file
 
 _OURS = re.compile(r"process_\d+\.(jsonl|bin)|item_manifest\.jsonl(\.tmp-\d+)?|commit_success\.txt")
 _HEX = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
 
 
 def check_entry(entry: Any, where: str) -> dict[str, Any]:
@@ -64,11 +66,32 @@ def hash_files(directory: epath.Path | str, exclude: set[str] | None = None) -> 
                 files.append((rel, path))
 
     def entry(path: epath.Path) -> dict[str, Any]:
-        data = path.read_bytes()
-        return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        local = local_name(path)
+        with open(local, "rb", buffering=0) if local else path.open("rb") as f:
+            size, digest = _sha256(f)
+        return {"size": size, "sha256": digest}
 
     entries = _in_parallel(entry, [path for _, path in files])
     return dict(sorted(zip([rel for rel, _ in files], entries, strict=True)))
+
+
+def _sha256(f: Any) -> tuple[int, str]:
+    """``(bytes read, their sha256)`` of an open file, read to its end a chunk at a time
+    into one buffer (a file is never held whole: array files can be large, and every
+    large new buffer on a fresh thread costs its page faults)."""
+    digest, buffer = hashlib.sha256(), memoryview(bytearray(_CHUNK))
+    size = 0
+    while True:
+        if hasattr(f, "readinto"):
+            n = f.readinto(buffer)
+            chunk = buffer[:n]
+        else:  # a remote file object without readinto
+            chunk = f.read(_CHUNK)
+            n = len(chunk)
+        if not n:
+            return size, digest.hexdigest()
+        digest.update(chunk)
+        size += n
 
 
 def _in_parallel(work: Any, items: list[Any]) -> list[Any]:
@@ -88,16 +111,61 @@ def verify_files(directory: epath.Path | str, listing: Any, manifest: str) -> No
         MetadataCheckpointError: A listed file is missing, unreadable, changed, or not a
             plain file inside the item.
     """
+    start_verify(directory, listing, manifest)()
+
+
+def start_verify(directory: epath.Path | str, listing: Any, manifest: str) -> Callable[[], None]:
+    """Starts :func:`verify_files` and returns the call that waits for it (and raises
+    what it found): a restore reads the files with Orbax meanwhile, and returns nothing
+    before the wait. Every path, file type and size is checked before this returns
+    (nothing that could block a reader, such as a FIFO, is left for Orbax to open); only
+    the digests are computed in the background.
+
+    Raises:
+        MetadataCheckpointError: Now, a malformed listing or a listed file that is missing,
+            not a plain file inside the item, or of another size; from the returned call,
+            a file whose sha256 differs, or one that changed meanwhile.
+    """
     if type(listing) is not dict or not listing:
         raise damaged(manifest, "its file listing is empty or malformed")
     for rel, entry in listing.items():  # every path checked before any file is opened
         check_relative(rel, manifest)
         check_entry(entry, manifest)
+    if local_name(directory) is not None:  # object stores hold no FIFOs or symlinks
+        for rel in listing:
+            _close(_open_checked(directory, rel, listing[rel]["size"]))
 
     def check(rel: str) -> None:
-        data = read_item_file(directory, rel, size=listing[rel]["size"])
-        if hashlib.sha256(data).hexdigest() != listing[rel]["sha256"]:
-            path = os.path.join(os.fspath(directory), rel)
+        fd, path = _open_checked(directory, rel, listing[rel]["size"])
+        with (
+            os.fdopen(fd, "rb", buffering=0) if fd is not None else epath.Path(path).open("rb") as f
+        ):
+            size, digest = _sha256(f)
+        if size != listing[rel]["size"]:
+            raise damaged(path, f"it changed size while being read ({size} bytes)")
+        if digest != listing[rel]["sha256"]:
             raise damaged(path, f"its sha256 differs from the one listed in {manifest}")
 
-    _in_parallel(check, list(listing))
+    pool = concurrent.futures.ThreadPoolExecutor(min(8, len(listing)), "datarax_verify")
+    futures = [pool.submit(check, rel) for rel in listing]
+    pool.shutdown(wait=False)
+
+    def wait() -> None:
+        for future in futures:  # the first error in the listing's order
+            future.result()
+
+    return wait
+
+
+def _open_checked(directory: epath.Path | str, rel: str, size: int) -> tuple[int | None, str]:
+    """``(fd or None for a remote file, path)`` of a listed file of the listed size."""
+    path, actual, fd = open_item_file(directory, rel)
+    if actual != size:
+        _close((fd, path))
+        raise damaged(path, f"it is {actual} bytes, expected {size}")
+    return fd, path
+
+
+def _close(opened: tuple[int | None, str]) -> None:
+    if opened[0] is not None:
+        os.close(opened[0])
