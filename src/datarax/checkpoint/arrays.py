@@ -96,12 +96,15 @@ def find_progression(array: np.ndarray) -> list[int] | None:
     if array.dtype.kind not in "iu" or array.size < FILL_MIN_SIZE:
         return None
     flat, dtype = array.reshape(-1), array.dtype
-    change = _first_change(flat)
+    change = 1 if flat[1] != flat[0] else _first_change(flat)
     repeat = 1 if change is None else change
     start = int(flat[0])
     step = 0 if change is None else int(flat[repeat]) - start
     runs, per_chunk = -(-flat.size // repeat), max(1, _CHUNK // repeat)
     try:
+        if repeat == 1 and flat.size <= _CHUNK:  # small: one comparison
+            same = np.array_equal(progression(start, step, flat.shape, dtype), flat)
+            return [start, step] if same else None
         for k in range(0, runs, per_chunk):  # runs k to k + len(values), and their elements
             first = _wrapped(start + step * k, dtype)
             values = progression(first, step, (min(per_chunk, runs - k),), dtype)
