@@ -42,6 +42,8 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
+from datarax.checkpoint.arrays import progression
+from datarax.checkpoint.shardings import FillBlocks
 from datarax.core.metadata import Metadata
 
 B = 16
@@ -108,8 +110,34 @@ def main() -> None:
         _check_every_damage(item_dir)
         _check_mixed_saves(pathlib.Path(tmp), item)
     _check_large_batch(saved_sharding)
+    _check_fills_made_on_each_device(mesh2)
     _check_fixtures()
     print("OK")
+
+
+FILLS = [  # dtype, shape, fill: wrapping, repeating, runs across shard edges, constants
+    ("int8", (64, 40), [-100, 3, 7]), ("uint8", (4096,), [250, 1]),
+    ("int16", (8, 4, 100), [32000, 999, 3]), ("uint16", (2048,), [7, 0]),
+    ("int32", (16, 128), [2**31 - 5, 1, 256]), ("uint32", (800,), [2**32 - 2, 2**31 + 1, 5]),
+]  # fmt: skip
+
+
+def _check_fills_made_on_each_device(mesh: Mesh) -> None:
+    """A fill restored onto a sharding is made device by device: bit for bit the array
+    ``progression`` makes whole, whatever the split."""
+    specs = [P(("a", "b")), P("a", "b"), P(None, "b"), P("b", None), P()]
+    for dtype, shape, fill in FILLS:
+        expected = progression(*fill[:2], shape, np.dtype(dtype), *fill[2:])
+        entry = {"container": "jax", "dtype": dtype, "shape": list(shape), "fill": fill}
+        for spec in specs[: len(shape) + 1] if len(shape) > 1 else specs[:1] + specs[-1:]:
+            sharding = NamedSharding(mesh, spec)
+            value = jax.make_array_from_callback(
+                shape, sharding, FillBlocks(entry, "x").__getitem__
+            )
+            np.testing.assert_array_equal(np.asarray(value), expected)
+            assert np.asarray(value).dtype == expected.dtype and value.sharding == sharding
+        np.testing.assert_array_equal(np.asarray(FillBlocks(entry, "x")), expected)
+    print(f"{len(FILLS)} fills made on each device, bit for bit")
 
 
 def _files(item_dir: pathlib.Path) -> list[str]:

@@ -15,7 +15,6 @@ import concurrent.futures
 import hashlib
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 from etils import epath
@@ -105,67 +104,30 @@ def _in_parallel(work: Any, items: list[Any]) -> list[Any]:
 
 def verify_files(directory: epath.Path | str, listing: Any, manifest: str) -> None:
     """Checks that every file in ``listing`` (from :func:`hash_files`) is unchanged: each
-    path relative and inside the item, a regular file of the listed size and sha256.
+    path relative and inside the item, a regular file of the listed size and sha256 (read a
+    chunk at a time, never whole).
 
     Raises:
         MetadataCheckpointError: A listed file is missing, unreadable, changed, or not a
             plain file inside the item.
-    """
-    start_verify(directory, listing, manifest)()
-
-
-def start_verify(directory: epath.Path | str, listing: Any, manifest: str) -> Callable[[], None]:
-    """Starts :func:`verify_files` and returns the call that waits for it (and raises
-    what it found): a restore reads the files with Orbax meanwhile, and returns nothing
-    before the wait. Every path, file type and size is checked before this returns
-    (nothing that could block a reader, such as a FIFO, is left for Orbax to open); only
-    the digests are computed in the background.
-
-    Raises:
-        MetadataCheckpointError: Now, a malformed listing or a listed file that is missing,
-            not a plain file inside the item, or of another size; from the returned call,
-            a file whose sha256 differs, or one that changed meanwhile.
     """
     if type(listing) is not dict or not listing:
         raise damaged(manifest, "its file listing is empty or malformed")
     for rel, entry in listing.items():  # every path checked before any file is opened
         check_relative(rel, manifest)
         check_entry(entry, manifest)
-    if local_name(directory) is not None:  # object stores hold no FIFOs or symlinks
-        for rel in listing:
-            _close(_open_checked(directory, rel, listing[rel]["size"]))
 
     def check(rel: str) -> None:
-        fd, path = _open_checked(directory, rel, listing[rel]["size"])
+        path, actual, fd = open_item_file(directory, rel)
         with (
             os.fdopen(fd, "rb", buffering=0) if fd is not None else epath.Path(path).open("rb") as f
         ):
+            if actual != listing[rel]["size"]:
+                raise damaged(path, f"it is {actual} bytes, expected {listing[rel]['size']}")
             size, digest = _sha256(f)
-        if size != listing[rel]["size"]:
-            raise damaged(path, f"it changed size while being read ({size} bytes)")
+        if size != actual:
+            raise damaged(path, f"it changed size while being read ({size} of {actual} bytes)")
         if digest != listing[rel]["sha256"]:
             raise damaged(path, f"its sha256 differs from the one listed in {manifest}")
 
-    pool = concurrent.futures.ThreadPoolExecutor(min(8, len(listing)), "datarax_verify")
-    futures = [pool.submit(check, rel) for rel in listing]
-    pool.shutdown(wait=False)
-
-    def wait() -> None:
-        for future in futures:  # the first error in the listing's order
-            future.result()
-
-    return wait
-
-
-def _open_checked(directory: epath.Path | str, rel: str, size: int) -> tuple[int | None, str]:
-    """``(fd or None for a remote file, path)`` of a listed file of the listed size."""
-    path, actual, fd = open_item_file(directory, rel)
-    if actual != size:
-        _close((fd, path))
-        raise damaged(path, f"it is {actual} bytes, expected {size}")
-    return fd, path
-
-
-def _close(opened: tuple[int | None, str]) -> None:
-    if opened[0] is not None:
-        os.close(opened[0])
+    _in_parallel(check, list(listing))

@@ -17,6 +17,7 @@ from jax.tree_util import keystr, tree_flatten_with_path
 from datarax.checkpoint.arrays import decode_array, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND, check_document
+from datarax.checkpoint.shardings import FillBlocks
 from datarax.checkpoint.shardings import rebuild as saved_sharding
 from datarax.checkpoint.source_info import decode_source_info
 from datarax.checkpoint.structure import rebuild
@@ -240,6 +241,7 @@ def _materialize(
         container, sharding = "jax", getattr(t, "sharding", None)
     if force_jax:
         container = "jax"
+    host: Any
     if "global" in arr:
         try:
             value = sources.arrays[arr["global"]]
@@ -248,6 +250,8 @@ def _materialize(
         if container == "jax":
             return value
         host = np.asarray(value)
+    elif container == "jax" and "fill" in arr:  # made on each device: no host array of it
+        host = FillBlocks(arr, where)
     else:
         host = decode_array(arr, where, sources.blob)
     if container == "numpy":
@@ -264,7 +268,7 @@ def _materialize(
     if sharding is None and "sharding" in arr:  # no sharding asked for: the saved one
         sharding = saved_sharding(arr["sharding"], where)
     if sharding is None:
-        return jnp.asarray(host)
+        return jnp.asarray(np.asarray(host))
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 

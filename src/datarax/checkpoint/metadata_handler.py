@@ -13,7 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from datarax.checkpoint.array_files import start_verify
+from datarax.checkpoint.array_files import verify_files
 from datarax.checkpoint.codec import (
     _NO_TARGET,
     KIND,
@@ -192,14 +192,13 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     ) -> dict[str, Any]:
         manifest = read_manifest(directory)[0] if read is None else read.manifest
         if manifest is not None:
-            verified = start_verify(directory, manifest["files"], str(directory / ITEM_MANIFEST))
+            verify_files(directory, manifest["files"], str(directory / ITEM_MANIFEST))
         else:  # format version 1
             where = str(directory / ARRAYS_MANIFEST)
             _, listing = parse_document(read_item_file(directory, ARRAYS_MANIFEST), where)
             if listing.get("kind") != "arrays_manifest":
                 raise MetadataCheckpointError(f"{where}: not a manifest.")
-            verified = start_verify(directory, listing.get("files"), where)
-        # The files' digests are checked while Orbax reads them; nothing is returned before.
+            verify_files(directory, listing.get("files"), where)
         restore_args = {
             name: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)
             if sharding is not None
@@ -214,12 +213,10 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                     directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
                 )
         except Exception as e:  # Orbax and tensorstore raise many types; report them alike
-            verified()  # a damaged file or one from another save: its own error, naming it
             raise MetadataCheckpointError(
                 f"{directory}: Orbax could not restore the item's global arrays "
                 f"({type(e).__name__}: {e})."
             ) from e
-        verified()
         for name, (dtype, shape, _) in requests.items():
             value = values.get(name)
             if value is None or value.dtype != dtype or value.shape != shape:

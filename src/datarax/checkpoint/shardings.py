@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from datarax.checkpoint.arrays import progression
 from datarax.checkpoint.errors import MetadataCheckpointError
 
 _KEYS = {"mesh_shape", "axis_names", "axis_types", "device_ids", "spec", "memory_kind"}
@@ -148,3 +149,50 @@ def without_shardings(doc: dict[str, Any]) -> dict[str, Any]:
 
     nodes = [{**node, "fields": strip(node["fields"])} for node in doc["nodes"]]
     return {**doc, "nodes": nodes}
+
+
+class FillBlocks:
+    """The array of a ``fill`` entry, computed a block at a time: ``blocks[index]`` is the
+    part a device holds (what ``jax.make_array_from_callback`` asks for), with no array of
+    the whole on the host; ``np.asarray(blocks)`` is the whole.
+
+    Element ``i`` (in C order) is ``start + step * (i // repeat)`` wrapped into the dtype,
+    as :func:`~datarax.checkpoint.arrays.progression` computes it.
+
+    Raises:
+        MetadataCheckpointError: ``start`` or ``step`` does not fit the dtype.
+    """
+
+    def __init__(self, entry: dict[str, Any], where: str) -> None:
+        self.dtype, self.shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
+        self.start, self.step, *repeat = entry["fill"]
+        self.repeat = repeat[0] if repeat else 1
+        try:
+            progression(self.start, self.step, (2,), self.dtype)
+        except OverflowError as e:
+            raise MetadataCheckpointError(
+                f"{where}: fill {entry['fill']} does not fit {self.dtype}; the item is damaged "
+                "or was written by another program."
+            ) from e
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return progression(self.start, self.step, self.shape, self.dtype, self.repeat)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        flat: Any = np.int64(0)
+        stride = 1
+        for dim, part in reversed(list(zip(self.shape, index, strict=True))):
+            flat = (
+                flat
+                + np.arange(*part.indices(dim), dtype=np.int64).reshape(
+                    (-1,) + (1,) * np.ndim(flat)
+                )
+                * stride
+            )
+            stride *= dim
+        if self.step == 0:
+            return np.full(np.shape(flat), self.dtype.type(self.start), self.dtype)
+        out: np.ndarray = (flat // self.repeat if self.repeat > 1 else flat).astype(self.dtype)
+        out *= self.dtype.type(self.step)
+        out += self.dtype.type(self.start)
+        return out
