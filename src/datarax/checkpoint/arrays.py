@@ -77,7 +77,7 @@ def _first_change(flat: np.ndarray) -> int | None:
     return None
 
 
-def _wrapped(value: int, dtype: np.dtype) -> int:
+def wrapped(value: int, dtype: np.dtype) -> int:
     """``value`` wrapped into ``dtype``'s range, as the dtype's arithmetic wraps."""
     bits = 8 * dtype.itemsize
     value %= 1 << bits
@@ -106,7 +106,7 @@ def find_progression(array: np.ndarray) -> list[int] | None:
             same = np.array_equal(progression(start, step, flat.shape, dtype), flat)
             return [start, step] if same else None
         for k in range(0, runs, per_chunk):  # runs k to k + len(values), and their elements
-            first = _wrapped(start + step * k, dtype)
+            first = wrapped(start + step * k, dtype)
             values = progression(first, step, (min(per_chunk, runs - k),), dtype)
             part = flat[k * repeat : (k + len(values)) * repeat]
             whole = part.size // repeat

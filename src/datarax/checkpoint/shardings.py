@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from datarax.checkpoint.arrays import progression
+from datarax.checkpoint.arrays import progression, wrapped
 from datarax.checkpoint.errors import MetadataCheckpointError
 
 _KEYS = {"mesh_shape", "axis_names", "axis_types", "device_ids", "spec", "memory_kind"}
@@ -179,6 +179,13 @@ class FillBlocks:
         return progression(self.start, self.step, self.shape, self.dtype, self.repeat)
 
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        rows, rest = index[0].indices(self.shape[0]), index[1:]
+        whole = zip(rest, self.shape[1:], strict=True)
+        if rows[2] == 1 and all(p.indices(n) == (0, n, 1) for p, n in whole):
+            inner = int(np.prod(self.shape[1:], dtype=np.int64))  # whole rows: one flat range
+            return self._range(rows[0] * inner, rows[1] * inner).reshape(
+                (rows[1] - rows[0], *self.shape[1:])
+            )
         flat: Any = np.int64(0)
         stride = 1
         for dim, part in reversed(list(zip(self.shape, index, strict=True))):
@@ -196,3 +203,14 @@ class FillBlocks:
         out *= self.dtype.type(self.step)
         out += self.dtype.type(self.start)
         return out
+
+    def _range(self, lo: int, hi: int) -> np.ndarray:
+        """Elements ``lo`` to ``hi`` (flat, C order): the values of runs ``lo // repeat``
+        on, from :func:`progression` (the value of run ``k`` wrapped into the dtype first)."""
+        first, last = lo // self.repeat, -(-hi // self.repeat)
+        start = wrapped(self.start + self.step * first, self.dtype)
+        values = progression(start, self.step, (last - first,), self.dtype)
+        if self.repeat == 1:
+            return values
+        skip = lo - first * self.repeat
+        return np.repeat(values, self.repeat)[skip : skip + hi - lo]
