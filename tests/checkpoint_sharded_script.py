@@ -157,9 +157,9 @@ def _check_every_damage(item_dir: pathlib.Path) -> None:
 
 
 def _check_large_batch(sharding: NamedSharding) -> None:
-    """8,192 records: the arrays go to process_0.bin (global_step as a fill of three
+    """65,536 records: the arrays go to process_0.bin (global_step as a fill of three
     numbers), restore bit for bit, and any damage to any file is an error."""
-    n = 8192
+    n = 1 << 16  # fills of this size are made device by device
     order = np.arange(n, dtype=np.int32) * 7919 % n
     item = Metadata(
         index=jax.device_put(jnp.asarray(order), sharding),

@@ -7,6 +7,7 @@ The inverse of :mod:`datarax.checkpoint.codec`. The document is checked field by
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +18,7 @@ from jax.tree_util import keystr, tree_flatten_with_path
 from datarax.checkpoint.arrays import decode_array, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND, check_document
-from datarax.checkpoint.shardings import FillBlocks
+from datarax.checkpoint.shardings import FILL_BLOCKS_FROM, FillBlocks
 from datarax.checkpoint.shardings import rebuild as saved_sharding
 from datarax.checkpoint.source_info import decode_source_info
 from datarax.checkpoint.structure import rebuild
@@ -250,8 +251,8 @@ def _materialize(
         if container == "jax":
             return value
         host = np.asarray(value)
-    elif container == "jax" and "fill" in arr:  # made on each device: no host array of it
-        host = FillBlocks(arr, where)
+    elif container == "jax" and "fill" in arr and math.prod(arr["shape"]) >= FILL_BLOCKS_FROM:
+        host = FillBlocks(arr, where)  # made on each device: no host array of the whole
     else:
         host = decode_array(arr, where, sources.blob)
     if container == "numpy":

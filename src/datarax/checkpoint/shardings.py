@@ -15,6 +15,7 @@ through Orbax's array serialization, as before.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -151,6 +152,11 @@ def without_shardings(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "nodes": nodes}
 
 
+FILL_BLOCKS_FROM = 1 << 16
+"""Fills of at least this many elements are made device by device (:class:`FillBlocks`);
+smaller ones whole, then split (fewer calls)."""
+
+
 class FillBlocks:
     """The array of a ``fill`` entry, computed a block at a time: ``blocks[index]`` is the
     part a device holds (what ``jax.make_array_from_callback`` asks for), with no array of
@@ -182,7 +188,7 @@ class FillBlocks:
         rows, rest = index[0].indices(self.shape[0]), index[1:]
         whole = zip(rest, self.shape[1:], strict=True)
         if rows[2] == 1 and all(p.indices(n) == (0, n, 1) for p, n in whole):
-            inner = int(np.prod(self.shape[1:], dtype=np.int64))  # whole rows: one flat range
+            inner = math.prod(self.shape[1:])  # whole rows: one flat range
             return self._range(rows[0] * inner, rows[1] * inner).reshape(
                 (rows[1] - rows[0], *self.shape[1:])
             )
