@@ -1,10 +1,12 @@
 """Run by ``test_checkpoint_orbax_v1.py`` in a fresh process with 4 CPU devices.
 
-A Metadata whose arrays are sharded over 4 devices, saved with Orbax v1: its global arrays
-go through Orbax's array serialization, and the v0 handler's finalize (run by the v1
-handler's background save, after every process committed) lists them in the item's
-manifest. It restores into a target's sharding, and a damaged array file is an error
-naming it. Prints ``OK`` when every check passed.
+A Metadata whose arrays are sharded over the 4 devices of this process, saved with Orbax
+v1: its arrays go to ``process_0.bin`` with their shardings, and the v0 handler's finalize
+(run by the v1 handler's background save, after every process committed) writes the item's
+manifest. It restores into a target's sharding, or onto the saved one, and a damaged array
+file is an error naming it (arrays spread over several processes, through Orbax's array
+serialization: ``orbax_v1_multiprocess_script.py``). Prints ``OK`` when every check
+passed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from checkpoint_oracle import assert_exact
 from datarax.checkpoint import MetadataCheckpointError, MetadataRestore
 from datarax.core.metadata import Metadata
 
-B = 8
+B = 8192  # 128 KiB of rbg key data: the arrays go to process_0.bin
 # Written by the handler's finalize: from format version 2 it lists every file of the item.
 MANIFEST = "item_manifest.jsonl"
 
@@ -76,7 +78,7 @@ def main() -> None:
             and p.suffix != ".jsonl"
             and p.name != "commit_success.txt"
         )
-        assert array_files, names
+        assert [p.name for p in array_files] == ["process_0.bin"], names
         victim = array_files[-1]
         data = victim.read_bytes()
         i = len(data) // 2

@@ -182,6 +182,23 @@ PROGRESSIONS = {
     "int64 beyond 2**53": (np.arange(20, dtype=np.int64) * 3 + 2**62, [2**62, 3]),
     "almost": (np.concatenate([np.arange(99), [0]]).astype(np.int32), None),
     "too short": (np.arange(15, dtype=np.int32), None),
+    "batches of 256": (np.arange(1000, dtype=np.int32) // 256 + 9, [9, 1, 256]),
+    "repeated, wrapping uint8": ((np.arange(2000) // 3 * 5 + 250).astype(np.uint8), [250, 5, 3]),
+    "repeated, then not": (np.concatenate([np.arange(40) // 4, [7]]).astype(np.int64), None),
+    "long, wrapping int16": ((np.arange(200_000) * 3 - 7).astype(np.int16), [-7, 3]),
+    "long, repeated, wrapping int8": (
+        (np.arange(300_000) // 5 - 100).astype(np.int8),
+        [-100, 1, 5],
+    ),
+    "uint64 beyond 2**63": (
+        np.arange(70_000, dtype=np.uint64) * np.uint64(5) + np.uint64(2**64 - 9),
+        [2**64 - 9, 5],
+    ),
+    "long, one element off": (np.where(np.arange(150_000) == 140_000, 0, np.arange(150_000)), None),
+    "long runs, one element off": (
+        np.where(np.arange(150_000) == 149_999, 0, np.arange(150_000) // 1000),
+        None,
+    ),
 }
 
 

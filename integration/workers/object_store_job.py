@@ -101,7 +101,7 @@ def damage(mngr: ocp.CheckpointManager, items: list[str], model: Any, manager: A
     for item in [name for name in items if name != "model"]:
         folder = epath.Path(mngr.directory) / str(step) / item
         targets = [folder / "process_0.jsonl"]
-        if item == "sharded":  # also an array file that Orbax wrote: the largest one
+        if item == "sharded":  # also its largest other file (its arrays' data)
             others = [p for p in _files(folder) if p.name != "process_0.jsonl"]
             targets.append(max(others, key=lambda p: p.stat().length))
         for path in targets:

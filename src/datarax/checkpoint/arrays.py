@@ -40,11 +40,14 @@ def little_endian(array: Any) -> np.ndarray:
 
 FILL_MIN_SIZE = 16
 """Integer arrays of at least this many elements that are arithmetic progressions (a
-constant, ``arange``) are saved as ``"fill": [start, step]``, not element by element."""
+constant, ``arange``), possibly with each value repeated (``arange(n) // 256``: the step
+of consecutive batches of 256 records), are saved as ``"fill": [start, step]`` or
+``[start, step, repeat]``, not element by element."""
 
 
-def progression(start: int, step: int, shape: Any, dtype: np.dtype) -> np.ndarray:
-    """``start + step * arange`` of ``shape``, computed in ``dtype`` (wrapping like it).
+def progression(start: int, step: int, shape: Any, dtype: np.dtype, repeat: int = 1) -> np.ndarray:
+    """``start + step * (arange // repeat)`` of ``shape``, computed in ``dtype`` (wrapping
+    like it): ``[start, start + step, ...]`` with each value ``repeat`` times.
 
     Raises:
         OverflowError: ``start`` or ``step`` does not fit ``dtype``.
@@ -52,24 +55,68 @@ def progression(start: int, step: int, shape: Any, dtype: np.dtype) -> np.ndarra
     count = int(np.prod(shape, dtype=np.int64))
     if step == 0:
         return np.full(shape, dtype.type(start), dtype)
-    out = np.arange(count, dtype=dtype)
+    repeat = min(repeat, max(count, 1))  # the same values; never more than count made
+    out = np.arange(-(-count // repeat), dtype=dtype)
     if step != 1:
         out *= dtype.type(step)
     out += dtype.type(start)
+    if repeat > 1:
+        out = np.repeat(out, repeat)[:count]
     return out.reshape(shape)
 
 
+_CHUNK = 1 << 16
+
+
+def _first_change(flat: np.ndarray) -> int | None:
+    """The index of the first element that differs from ``flat[0]``, if any."""
+    for i in range(0, flat.size, _CHUNK):
+        changes = np.flatnonzero(flat[i : i + _CHUNK] != flat[0])
+        if changes.size:
+            return i + int(changes[0])
+    return None
+
+
+def wrapped(value: int, dtype: np.dtype) -> int:
+    """``value`` wrapped into ``dtype``'s range, as the dtype's arithmetic wraps."""
+    bits = 8 * dtype.itemsize
+    value %= 1 << bits
+    return value - (1 << bits) if dtype.kind == "i" and value >> (bits - 1) else value
+
+
 def find_progression(array: np.ndarray) -> list[int] | None:
-    """``[start, step]`` if the integer ``array`` is exactly :func:`progression` of them."""
+    """``[start, step]`` (or ``[start, step, repeat]``, ``repeat > 1``) if the integer
+    ``array`` is exactly :func:`progression` of them.
+
+    It compares a chunk at a time (element ``i`` of the progression is
+    ``start + step * (i // repeat)`` wrapped into the dtype): no temporary as large as the
+    array, which matters on the fresh threads Orbax saves on, where every large new array
+    costs its page faults.
+    """
     if array.dtype.kind not in "iu" or array.size < FILL_MIN_SIZE:
         return None
-    flat = array.reshape(-1)
-    start, step = int(flat[0]), int(flat[1]) - int(flat[0])
+    flat, dtype = array.reshape(-1), array.dtype
+    change = 1 if flat[1] != flat[0] else _first_change(flat)
+    repeat = 1 if change is None else change
+    start = int(flat[0])
+    step = 0 if change is None else int(flat[repeat]) - start
+    runs, per_chunk = -(-flat.size // repeat), max(1, _CHUNK // repeat)
     try:
-        candidate = progression(start, step, flat.shape, array.dtype)
+        if repeat == 1 and flat.size <= _CHUNK:  # small: one comparison
+            same = np.array_equal(progression(start, step, flat.shape, dtype), flat)
+            return [start, step] if same else None
+        for k in range(0, runs, per_chunk):  # runs k to k + len(values), and their elements
+            first = wrapped(start + step * k, dtype)
+            values = progression(first, step, (min(per_chunk, runs - k),), dtype)
+            part = flat[k * repeat : (k + len(values)) * repeat]
+            whole = part.size // repeat
+            if not (part[: whole * repeat].reshape(whole, repeat) == values[:whole, None]).all():
+                return None
+            if part.size % repeat and (part[whole * repeat :] != values[whole]).any():
+                return None
     except OverflowError:
         return None
-    return [start, step] if np.array_equal(candidate, flat) else None
+    return [start, step] if repeat == 1 else [start, step, repeat]
 
 
 def encode_array(array: np.ndarray, where: str) -> dict[str, Any]:
@@ -97,10 +144,12 @@ def decode_array(entry: Any, where: str, blob: Any = None) -> np.ndarray:
             raise ValueError(f"bad shape {shape}")
         count = int(np.prod(shape, dtype=np.int64))
         if "fill" in entry:
-            start, step = entry["fill"]
-            if dtype.kind not in "iu" or type(start) is not int or type(step) is not int:
+            start, step, *repeat = entry["fill"]
+            if dtype.kind not in "iu" or not all(type(n) is int for n in entry["fill"]):
                 raise ValueError(f"bad fill {entry['fill']} of dtype {dtype}")
-            return progression(start, step, shape, dtype)
+            if repeat and repeat[0] < 2:
+                raise ValueError(f"bad fill repeat {repeat[0]}")
+            return progression(start, step, shape, dtype, *repeat)
         if "blob" in entry:
             offset, nbytes = entry["blob"]
             if blob is None or nbytes != count * dtype.itemsize or offset + nbytes > len(blob):

@@ -17,9 +17,11 @@ else into the process's binary file, ``process_<i>.bin`` (``"blob": [offset, nby
 An integer array that is an arithmetic progression (a constant, an ``arange``: most
 counters of a batch) is ``"fill": [start, step]`` instead (see
 :func:`~datarax.checkpoint.arrays.find_progression`).
-A ``jax.Array`` spread over several devices (or processes) is instead named in the document
-(``"global": name``) and saved by Orbax's array serialization, so that it is written from
-every device and can be restored with another sharding.
+A ``jax.Array`` spread over several devices of this process is a host array whose entry
+also gives its sharding (``"sharding"``, see :mod:`datarax.checkpoint.shardings`). One
+spread over several processes (or with a sharding that cannot be written down) is instead
+named in the document (``"global": name``) and saved by Orbax's array serialization, so
+that it is written from every process and can be restored with another sharding.
 
 Encoding has two steps. :func:`encode_item` checks the item and copies what can change
 (NumPy arrays, ``source_info``), keeping references to immutable JAX arrays: the handler
@@ -54,13 +56,14 @@ from datarax.checkpoint.decoding import (
 from datarax.checkpoint.documents import process_header
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND
+from datarax.checkpoint.shardings import describe as describe_sharding
 from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
 from datarax.core._rng import is_key
 from datarax.core.metadata import Metadata, RecordMetadata
 
 __all__ = [
-    "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "decode_item",
+    "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "blob_sha256", "decode_item",
     "describe_item", "encode_item", "global_requests", "is_global",
 ]  # fmt: skip
 
@@ -84,20 +87,24 @@ class EncodedItem:
         doc: The document, its host arrays still to lay out (see :meth:`finish`).
         host_arrays: ``(array entry, value, where)`` per host array: a NumPy copy, or a
             JAX array or typed key (immutable) whose data is fetched by :meth:`finish`.
-        global_arrays: Arrays spread over several devices, by the name the document gives
-            them; typed keys are given as their key data.
+        global_arrays: Arrays spread over several processes, for Orbax to save, by the
+            name the document gives them; typed keys are given as their key data.
     """
 
     doc: dict[str, Any]
     host_arrays: list[tuple[dict[str, Any], Any, str]]
     global_arrays: dict[str, jax.Array]
 
-    def finish(self, threshold: int = BLOB_THRESHOLD) -> tuple[dict[str, Any], list[Any]]:
+    def finish(
+        self, threshold: int = BLOB_THRESHOLD, *, digest: bool = True
+    ) -> tuple[dict[str, Any], list[Any]]:
         """Fetches the host arrays and lays them out: ``(document, blob parts)``.
 
         The parts (NumPy arrays and padding, to write back to back) are empty when the
         arrays went into the document as base64; otherwise the document's ``blob`` entry
-        gives their total size and sha256. Call it once.
+        gives their total size and sha256 (with ``digest=False``, only their size: the
+        caller adds :func:`blob_sha256` of the parts, computed while it writes them). Call
+        it once.
         """
         hosts = []
         for entry, value, where in self.host_arrays:
@@ -114,18 +121,27 @@ class EncodedItem:
             for entry, array, where in hosts:
                 entry.update(encode_array(array, where))
             return self.doc, parts
-        digest, offset = hashlib.sha256(), 0
+        offset = 0
         for entry, array, _ in hosts:
             entry.update(dtype=array.dtype.name, shape=list(array.shape))
             entry["blob"] = [offset, array.nbytes]
             pad = -array.nbytes % _ALIGN
             for part in (array.reshape(-1).view(np.uint8).data, bytes(pad)):
                 if len(part):
-                    digest.update(part)
                     parts.append(part)
             offset += array.nbytes + pad
-        self.doc["blob"] = {"size": offset, "sha256": digest.hexdigest()}
+        self.doc["blob"] = {"size": offset}
+        if digest:
+            self.doc["blob"]["sha256"] = blob_sha256(parts)
         return self.doc, parts
+
+
+def blob_sha256(parts: list[Any]) -> str:
+    """The sha256 (hex) of the blob :meth:`EncodedItem.finish` laid out as ``parts``."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:
@@ -256,7 +272,9 @@ def _encode_field(
             f"{type(value).__name__}. Save outside JAX transformations. Nothing was written."
         )
     typed = is_key(value)
-    if is_global(value):
+    spread = is_global(value)
+    sharding = describe_sharding(value) if spread else None
+    if spread and sharding is None:  # on several processes: through Orbax
         data = jax.random.key_data(value) if typed else value
         encoded.global_arrays[gname] = data
         out = {"container": "jax", "global": gname, "dtype": data.dtype.name}
@@ -265,6 +283,8 @@ def _encode_field(
         if not typed:
             check_dtype(value.dtype, where)
         out = {"container": "jax"}
+        if sharding is not None:  # held whole by this process: fetched from its shards
+            out["sharding"] = sharding
         encoded.host_arrays.append((out, value, where))  # immutable: fetched by finish()
     if typed:
         return {"key": {"typed": True, "impl": str(jax.random.key_impl(value)), "data": out}}

@@ -7,6 +7,7 @@ The inverse of :mod:`datarax.checkpoint.codec`. The document is checked field by
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +18,8 @@ from jax.tree_util import keystr, tree_flatten_with_path
 from datarax.checkpoint.arrays import decode_array, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.metadata_schema import FIELDS, KIND, check_document
+from datarax.checkpoint.shardings import FILL_BLOCKS_FROM, FillBlocks
+from datarax.checkpoint.shardings import rebuild as saved_sharding
 from datarax.checkpoint.source_info import decode_source_info
 from datarax.checkpoint.structure import rebuild
 from datarax.core._rng import is_key
@@ -239,6 +242,7 @@ def _materialize(
         container, sharding = "jax", getattr(t, "sharding", None)
     if force_jax:
         container = "jax"
+    host: Any
     if "global" in arr:
         try:
             value = sources.arrays[arr["global"]]
@@ -247,6 +251,8 @@ def _materialize(
         if container == "jax":
             return value
         host = np.asarray(value)
+    elif container == "jax" and "fill" in arr and math.prod(arr["shape"]) >= FILL_BLOCKS_FROM:
+        host = FillBlocks(arr, where)  # made on each device: no host array of the whole
     else:
         host = decode_array(arr, where, sources.blob)
     if container == "numpy":
@@ -260,8 +266,10 @@ def _materialize(
             "(jax_enable_x64 is off). Enable it before restoring "
             "(jax.config.update('jax_enable_x64', True)), or restore into a NumPy target."
         )
+    if sharding is None and "sharding" in arr:  # no sharding asked for: the saved one
+        sharding = saved_sharding(arr["sharding"], where)
     if sharding is None:
-        return jnp.asarray(host)
+        return jnp.asarray(np.asarray(host))
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 

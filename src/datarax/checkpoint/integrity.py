@@ -8,7 +8,9 @@ The pieces live in their own modules, gathered here for the handlers:
 - :mod:`datarax.checkpoint.safe_files`: reading only regular files inside the item, of a
   size checked before reading;
 - :mod:`datarax.checkpoint.manifest`: ``item_manifest.jsonl``, which lists every file of an
-  item once every process committed, and the restore's check of each document against it.
+  item once every process committed, and the restore's check of each document against it;
+- :mod:`datarax.checkpoint.array_files`: the digests of the files Orbax writes for global
+  arrays, listed in that manifest and checked before a restore reads them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from etils import epath
 
+from datarax.checkpoint.array_files import hash_files, verify_files
 from datarax.checkpoint.documents import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -36,10 +39,8 @@ from datarax.checkpoint.manifest import (
     ARRAYS_MANIFEST,
     ITEM_MANIFEST,
     ItemDocument,
-    hash_files,
     read_item_document,
     read_process_document,
-    verify_files,
     write_item_manifest,
 )
 from datarax.checkpoint.safe_files import read_item_file

@@ -27,6 +27,8 @@ from datarax.checkpoint.item_files import (
 )
 from datarax.checkpoint.manager_codec import decode_manager
 from datarax.checkpoint.metadata_handler import MetadataCheckpointHandler, read_blob
+from datarax.checkpoint.metadata_schema import check_document
+from datarax.checkpoint.shardings import without_shardings
 from datarax.core._position import build_manager
 
 
@@ -164,7 +166,8 @@ def _check_metadata(directory: epath.Path, result: ItemCheck) -> None:
             doc = {**doc, "structure": {"list": paths}}
         try:
             blob = read_blob(directory, doc) if "blob" in doc else None
-            decode_item(doc, where, global_values=values, blob=blob)
+            check_document(doc, where)  # then on this process's default device:
+            decode_item(without_shardings(doc), where, global_values=values, blob=blob)
         except MetadataCheckpointError as e:
             result.problems.append(_error(where, e))
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -12,9 +12,7 @@ finished saving. Version 1 items have no manifest and restore as before.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import hashlib
 import os
 import re
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import jax
 from etils import epath
 
+from datarax.checkpoint.array_files import check_entry, hash_files
 from datarax.checkpoint.documents import (
     FORMAT_VERSION,
     MAX_DOCUMENT_BYTES,
@@ -46,8 +45,6 @@ ARRAYS_MANIFEST = "arrays_manifest.jsonl"
 """Format version 1's listing of Orbax's global-array files."""
 MANIFEST_KIND = "item_manifest"
 _MANIFEST_KEYS = {"format_version", "kind", "process_count", "step", "documents", "blobs", "files"}
-_OURS = re.compile(r"process_\d+\.(jsonl|bin)|item_manifest\.jsonl(\.tmp-\d+)?|commit_success\.txt")
-_HEX = re.compile(r"[0-9a-f]{64}")
 _FILE_LIMIT = MAX_DOCUMENT_BYTES + MAX_HEADER_BYTES + 1
 
 
@@ -99,7 +96,7 @@ def write_item_manifest(directory: epath.Path | str) -> None:
         if blob_file_name(i) in names:  # its digest is in the document: no need to reread it
             path = os.path.join(os.fspath(directory), process_file_name(i))
             _, doc = parse_document(read_item_file(directory, process_file_name(i)), path)
-            blobs[blob_file_name(i)] = _blob_entry(doc.get("blob"), path)
+            blobs[blob_file_name(i)] = check_entry(doc.get("blob"), path)
     files = hash_files(directory)
     manifest = {
         "format_version": FORMAT_VERSION, "kind": MANIFEST_KIND, "process_count": count,
@@ -113,78 +110,6 @@ def write_item_manifest(directory: epath.Path | str) -> None:
     temporary = f"{final}.tmp-{os.getpid()}"
     write_bytes(temporary, data)
     os.replace(temporary, final)
-
-
-def _blob_entry(entry: Any, where: str) -> dict[str, Any]:
-    if (
-        type(entry) is not dict
-        or set(entry) != {"size", "sha256"}
-        or type(entry["size"]) is not int
-        or entry["size"] < 0
-        or type(entry["sha256"]) is not str
-        or not _HEX.fullmatch(entry["sha256"])
-    ):
-        raise damaged(where, f"malformed file entry {str(entry)[:80]!r}")
-    return entry
-
-
-def hash_files(directory: epath.Path | str, exclude: set[str] | None = None) -> dict[str, Any]:
-    """Size and sha256 of every file under ``directory`` (recursively), by relative path,
-    except this format's own files (documents, blobs, manifests), Orbax's
-    ``commit_success.txt`` and top-level
-    names in ``exclude``: the files Orbax wrote for the item's global arrays."""
-    directory = epath.Path(directory)
-    files = []
-    pending = [(directory, "")]
-    while pending:  # epath has no rglob (it would be costly on cloud storage)
-        folder, prefix = pending.pop()
-        for path in folder.iterdir():
-            rel = prefix + path.name
-            if not prefix and (rel in (exclude or ()) or _OURS.fullmatch(rel)):
-                continue
-            if path.is_dir():
-                pending.append((path, rel + "/"))
-            else:
-                files.append((rel, path))
-
-    def entry(path: epath.Path) -> dict[str, Any]:
-        data = path.read_bytes()
-        return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-    entries = _in_parallel(entry, [path for _, path in files])
-    return dict(sorted(zip([rel for rel, _ in files], entries, strict=True)))
-
-
-def _in_parallel(work: Any, items: list[Any]) -> list[Any]:
-    """``[work(x) for x in items]``, on a few threads when there are several (reads and
-    sha256 release the GIL); the first error, in order, is raised."""
-    if len(items) < 2:
-        return [work(x) for x in items]
-    with concurrent.futures.ThreadPoolExecutor(min(8, len(items))) as pool:
-        return list(pool.map(work, items))
-
-
-def verify_files(directory: epath.Path | str, listing: Any, manifest: str) -> None:
-    """Checks that every file in ``listing`` (from :func:`hash_files`) is unchanged: each
-    path relative and inside the item, a regular file of the listed size and sha256.
-
-    Raises:
-        MetadataCheckpointError: A listed file is missing, unreadable, changed, or not a
-            plain file inside the item.
-    """
-    if type(listing) is not dict or not listing:
-        raise damaged(manifest, "its file listing is empty or malformed")
-    for rel, entry in listing.items():  # every path checked before any file is opened
-        check_relative(rel, manifest)
-        _blob_entry(entry, manifest)
-
-    def check(rel: str) -> None:
-        data = read_item_file(directory, rel, size=listing[rel]["size"])
-        if hashlib.sha256(data).hexdigest() != listing[rel]["sha256"]:
-            path = os.path.join(os.fspath(directory), rel)
-            raise damaged(path, f"its sha256 differs from the one listed in {manifest}")
-
-    _in_parallel(check, list(listing))
 
 
 def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, str]:
@@ -210,7 +135,7 @@ def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, s
             raise damaged(path, f"malformed {section}")
         for rel, entry in manifest[section].items():
             check_relative(rel, path)
-            _blob_entry(entry, path)
+            check_entry(entry, path)
     return manifest, path
 
 

@@ -13,10 +13,12 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from datarax.checkpoint.array_files import verify_files
 from datarax.checkpoint.codec import (
     _NO_TARGET,
     KIND,
     EncodedItem,
+    blob_sha256,
     decode_item,
     describe_item,
     encode_item,
@@ -37,7 +39,6 @@ from datarax.checkpoint.manifest import (
     ItemDocument,
     read_item_document,
     read_manifest,
-    verify_files,
     write_item_manifest,
 )
 from datarax.checkpoint.metadata_schema import check_document
@@ -50,10 +51,12 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
     Each process writes its own document, ``process_<i>.jsonl``: the item's structure, every
     field's container (Python int, NumPy or JAX array, typed or raw key with its impl) and
-    value, and ``source_info``. A ``jax.Array`` spread over several devices (the metadata of
-    a global batch) is written by Orbax's own array serialization from every device, and
-    restores with the target's sharding. A ``source_info`` value that would not come back
-    equal and of the same type is refused before anything is written.
+    value, and ``source_info``. A ``jax.Array`` spread over several processes (the metadata
+    of a global batch) is written by Orbax's own array serialization from every process;
+    one on several devices of this process is written like a host array, with its
+    sharding. Either restores with the target's sharding (without one, the saved one). A
+    ``source_info`` value that would not come back equal and of the same type is refused
+    before anything is written.
 
     The item is checked when :class:`MetadataSave` is built, so an item that cannot be saved
     fails before Orbax starts; its values are taken at :meth:`async_save`'s entry (the
@@ -237,10 +240,12 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
 
 def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
-    """Lays out this process's arrays and writes its blob (if any), then its document."""
-    doc, parts = encoded.finish()
+    """Lays out this process's arrays and writes its blob (if any), hashed on another thread
+    meanwhile (writes and sha256 release the GIL), then its document."""
+    doc, parts = encoded.finish(digest=False)
     index = doc["process_index"]
     if parts:
+        digest = _hash_pool().submit(blob_sha256, parts)
         path = directory / blob_file_name(index)
         if local_name(path) is None:
             write_bytes(path, b"".join(bytes(p) for p in parts))
@@ -248,6 +253,7 @@ def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
             with open(path, "wb") as f:
                 for part in parts:
                     f.write(part)
+        doc["blob"]["sha256"] = digest.result()
     write_document(directory / process_file_name(index), doc)
 
 
@@ -275,16 +281,21 @@ def _read_blob(
 ) -> tuple[bytearray, concurrent.futures.Future[str]]:
     """This process's blob (of the size the document gives), and its sha256 being computed
     (on a background thread when the blob is large)."""
-    global _hasher
     name = blob_file_name(doc["process_index"])
     data = read_item_file(directory, name, size=doc["blob"]["size"], mutable=True)
     digest: concurrent.futures.Future[str] = concurrent.futures.Future()
     if len(data) < _HASH_IN_BACKGROUND:
         digest.set_result(hashlib.sha256(data).hexdigest())
         return data, digest
+    return data, _hash_pool().submit(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that hashes blobs while they are written or decoded."""
+    global _hasher
     if _hasher is None:
         _hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="datarax_hash")
-    return data, _hasher.submit(lambda: hashlib.sha256(data).hexdigest())
+    return _hasher
 
 
 def _check_blob(directory: epath.Path, doc: dict[str, Any], digest: str) -> None:

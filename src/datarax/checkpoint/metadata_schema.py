@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from datarax.checkpoint.documents import damaged
+from datarax.checkpoint.shardings import check as check_sharding
 
 KIND = "Metadata"
 FIELDS = ("index", "epoch", "global_step", "batch_idx", "shard_id", "rng_key", "_encoded_key")
@@ -125,7 +126,8 @@ def _check_array(arr: Any, blob: Any) -> str | None:
     if type(arr) is not dict:
         return f"malformed array entry {_show(arr)}"
     sources = [k for k in ("data", "blob", "global", "fill") if k in arr]
-    if len(sources) != 1 or set(arr) != {"container", "dtype", "shape", sources[0]}:
+    known = {"container", "dtype", "shape", sources[0] if sources else ""}
+    if len(sources) != 1 or set(arr) - {"sharding"} != known:
         return f"malformed array entry with keys {sorted(arr)[:8]}"
     if arr["container"] not in _CONTAINERS:
         return f"unknown container {_show(arr['container'])}"
@@ -140,10 +142,20 @@ def _check_array(arr: Any, blob: Any) -> str | None:
         return "array data is not a base64 string"
     if "global" in arr and (type(arr["global"]) is not str or arr["container"] != "jax"):
         return "a global array must be a named JAX array"
+    if "sharding" in arr and ("global" in arr or arr["container"] != "jax"):
+        return "only a JAX array held by this process has a sharding"
+    if "sharding" in arr and (why := check_sharding(arr["sharding"], shape)) is not None:
+        return why
     if "fill" in arr:
         fill = arr["fill"]
-        if type(fill) is not list or len(fill) != 2 or not all(type(n) is int for n in fill):
+        if (
+            type(fill) is not list
+            or len(fill) not in (2, 3)
+            or not all(type(n) is int for n in fill)
+        ):
             return f"malformed fill {_show(fill)}"
+        if len(fill) == 3 and fill[2] < 2:
+            return f"a fill repeating each value {fill[2]} times (at least 2)"
         if arr["dtype"] not in _INT_DTYPES:
             return f"a fill of dtype {arr['dtype']}, but fills are integer arrays"
     if "blob" in arr:
