@@ -22,7 +22,7 @@ from datarax.checkpoint.manager_codec import (
     describe_manager,
     encode_manager,
 )
-from datarax.checkpoint.manager_template import manager_differences
+from datarax.checkpoint.manager_template import built_alike, manager_differences
 from datarax.checkpoint.sync_save import run_now
 from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
@@ -143,8 +143,9 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
             )
         doc, where = read_process_document(directory, MANAGER_KIND, "MetadataManagerRestore")
         position = decode_manager(doc, where)
-        if args is not None and args.manager is not None:
-            differences = manager_differences(read_position(args.manager), position)
+        template = None if args is None else args.manager
+        if template is not None and not built_alike(template, position):
+            differences = manager_differences(read_position(template), position)
             if differences:
                 raise MetadataCheckpointError(
                     f"{where}: the template manager is built differently from the saved one: "
