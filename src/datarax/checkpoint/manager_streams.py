@@ -53,7 +53,8 @@ def decode_stream(where: str, name: str, s: dict[str, Any]) -> StreamPosition:
     data = np.array(s["key_data"], dtype=np.uint32)
     if not s["typed"]:
         return StreamPosition(jax.numpy.asarray(data.reshape(s["key_shape"])), count)
-    if data.size == 0 or data.size % max(math.prod(s["key_shape"]), 1):
+    keys = math.prod(s["key_shape"])
+    if data.size == 0 or keys == 0 or data.size % keys:
         expected = f"whole keys of shape {s['key_shape']}"
         raise bad(where, f"rngs[{name!r}].key_data", expected, s["key_data"])
     key = wrap_key(data.reshape(*s["key_shape"], -1), s["impl"], f"{where}: rngs[{name!r}]")
