@@ -36,7 +36,7 @@ def _many(seed: int = 0) -> MetadataManager:
         rbg_a=jax.random.key(seed + 1, impl="rbg"),
         rbg_b=jax.random.key(seed + 2, impl="rbg"),
         unsafe=jax.random.key(seed + 3, impl="unsafe_rbg"),
-        split=jax.random.split(jax.random.key(seed + 4), 3),
+        vmapped=jax.random.split(jax.random.key(seed + 4), 3),
     )
     manager = MetadataManager(rngs=rngs, track_batches=True, shard_id=5)
     for name in ("s01", "s02", "s03"):
@@ -51,7 +51,7 @@ def _advance(manager: MetadataManager) -> None:
     manager.next_batch()
     for name in ("s07", "s02", "rbg_a", "rbg_a", "unsafe"):
         getattr(manager.rngs, name)()
-    manager.rngs.split.count.set_value(jnp.array([1, 2, 2**32 - 1], jnp.uint32))
+    manager.rngs.vmapped.count.set_value(jnp.array([1, 2, 2**32 - 1], jnp.uint32))
 
 
 def _streams(manager: MetadataManager) -> dict[str, tuple]:

@@ -116,11 +116,15 @@ def _count_fields(count: Any, where: str) -> _CountFields:
     return _COUNT_FIELDS.put(count, fields) if isinstance(count, jax.Array) else fields
 
 
-def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:
+def _stream_fields(name: str, stream: StreamPosition) -> tuple[_KeyFields, _CountFields]:
     if not stream_name(name):
         raise _save_error("a manager.rngs stream name", "an identifier not starting with _", name)
-    typed, impl, key_shape, key_data = _key_fields(stream.key, f"manager.rngs[{name!r}].key")
-    count_shape, count = _count_fields(stream.count, f"manager.rngs[{name!r}].count")
+    key = _key_fields(stream.key, f"manager.rngs[{name!r}].key")
+    return key, _count_fields(stream.count, f"manager.rngs[{name!r}].count")
+
+
+def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:
+    (typed, impl, key_shape, key_data), (count_shape, count) = _stream_fields(name, stream)
     return {
         "typed": typed,
         "impl": impl,
@@ -154,6 +158,48 @@ def encode_manager(position: Position) -> dict[str, Any]:
         >>> doc["state"], doc["rngs"]["metadata"]["key_data"]
         ({'global_step': 0, 'epoch': 0, 'index': 0, 'batch_idx': None}, [0, 7])
     """
+    counters = _counters(position)
+    streams = position.streams
+    return {
+        **process_header(MANAGER_KIND),
+        "state": counters,
+        "shard_id": _host_int(position.shard_id, "manager.shard_id", optional=True),
+        "track_batches": position.track_batches,
+        "rngs": None
+        if streams is None
+        else {name: _encode_stream(name, s) for name, s in streams.items()},
+    }
+
+
+def check_position(position: Position) -> None:
+    """Raises what :func:`encode_manager` would raise, without building the document.
+
+    ``MetadataManagerSave`` checks the manager when its args are built, and the save
+    encodes it again: a thousand streams' fields are looked up here, not copied.
+
+    Raises:
+        MetadataCheckpointError: As :func:`encode_manager`.
+
+    Examples:
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import check_position
+        >>> manager = MetadataManager(shard_id=2)
+        >>> check_position(read_position(manager))
+        >>> manager.shard_id = -1
+        >>> check_position(read_position(manager))
+        Traceback (most recent call last):
+        ...
+        datarax.checkpoint.MetadataCheckpointError: Cannot save manager.shard_id: ...
+    """
+    _counters(position)
+    _host_int(position.shard_id, "manager.shard_id", optional=True)
+    for name, stream in (position.streams or {}).items():
+        _stream_fields(name, stream)
+
+
+def _counters(position: Position) -> dict[str, int | None]:
+    """The counters of ``position.state`` as host ints, checked with ``track_batches``."""
     state = position.state
     if type(state) is not dict or set(state) != set(STATE_KEYS):
         raise _save_error("manager.state", f"a dict with keys {list(STATE_KEYS)}", state)
@@ -166,16 +212,7 @@ def encode_manager(position: Position) -> dict[str, Any]:
     if (counters["batch_idx"] is None) == position.track_batches:
         expected = "an int >= 0 (track_batches=True)" if position.track_batches else "None"
         raise _save_error("manager.state['batch_idx']", expected, state["batch_idx"])
-    streams = position.streams
-    return {
-        **process_header(MANAGER_KIND),
-        "state": counters,
-        "shard_id": _host_int(position.shard_id, "manager.shard_id", optional=True),
-        "track_batches": position.track_batches,
-        "rngs": None
-        if streams is None
-        else {name: _encode_stream(name, s) for name, s in streams.items()},
-    }
+    return counters
 
 
 @dataclasses.dataclass(frozen=True)

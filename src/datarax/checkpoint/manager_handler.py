@@ -18,6 +18,7 @@ from datarax.checkpoint.integrity import (
 )
 from datarax.checkpoint.manager_codec import (
     MANAGER_KIND,
+    check_position,
     decode_manager,
     describe_manager,
     encode_manager,
@@ -203,7 +204,7 @@ class MetadataManagerSave(ocp.args.CheckpointArgs):
             )
         # Raised from inside Orbax's async save, an error would leave Orbax's
         # directory-creation thread waiting, and the directory behind: check now.
-        encode_manager(read_position(self.manager))
+        check_position(read_position(self.manager))
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_restore=True)

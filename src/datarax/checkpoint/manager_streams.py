@@ -31,7 +31,6 @@ from datarax.checkpoint.manager_fields import (
 from datarax.core._position import StreamPosition
 
 _ORDER = ("typed", "impl", "key_shape", "key_data", "count_shape", "count")
-_FIELDS = operator.itemgetter(*_ORDER)
 _PRIVATE = operator.methodcaller("startswith", "_")
 _TOGETHER_MIN = 4
 """Streams decoded by columns from this many on (below, the columns cost more than they
@@ -103,10 +102,9 @@ def _columns(rngs: dict[Any, Any]) -> list[list[Any]] | None:
     if set(map(len, entries)) != {len(STREAM_FIELDS)}:
         return None
     try:  # with as many keys as STREAM_FIELDS, a KeyError is the only way to differ
-        rows = list(map(_FIELDS, entries))
+        columns = [[entry[field] for entry in entries] for field in _ORDER]
     except KeyError:
         return None
-    columns = [list(column) for column in zip(*rows, strict=True)]
     typed, impl, key_shape, key_data, count_shape, count = columns
     lists = key_shape + key_data + count_shape + count
     if set(map(type, typed)) != {bool} or not set(map(type, impl)) <= {str, type(None)}:
@@ -124,14 +122,16 @@ def _forms(where: str, names: list[str], columns: list[list[Any]]) -> dict[_Form
     :func:`check_stream` (then, with the column checks, every stream of the form does)
     and holds whole keys; ``None`` otherwise."""
     typed, impl, key_shape, key_data, count_shape, count = columns
-    forms: list[_Form] = list(
-        zip(typed, impl, map(tuple, key_shape), map(len, key_data), map(tuple, count_shape),
-            map(len, count), strict=True)
-    )  # fmt: skip
+    parts = (typed, impl, map(tuple, key_shape), map(len, key_data), map(tuple, count_shape),
+             map(len, count))  # fmt: skip
     groups: dict[_Form, list[int]] = {}
-    if len(set(forms)) == 1:
-        groups[forms[0]] = list(range(len(forms)))
-    else:
+    distinct = [set(part) for part in parts]
+    if all(len(values) == 1 for values in distinct):  # the common case: one form
+        form: Any = tuple(values.pop() for values in distinct)
+        groups[form] = list(range(len(typed)))
+    else:  # (a stream's form is built only here: a thousand tuples are worth sparing)
+        forms = zip(typed, impl, map(tuple, key_shape), map(len, key_data),
+                    map(tuple, count_shape), map(len, count), strict=True)  # fmt: skip
         for i, form in enumerate(forms):
             groups.setdefault(form, []).append(i)
     for form, members in groups.items():
