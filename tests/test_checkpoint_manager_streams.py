@@ -197,7 +197,7 @@ def test_streams_decoded_together_equal_streams_decoded_one_by_one(data):
 def test_keys_decoded_together_are_the_keys_of_their_data():
     entry = {"typed": True, "impl": "threefry2x32", "key_shape": [], "count_shape": [],
              "count": [0]}  # fmt: skip
-    rngs = {f"s{i}": {**entry, "key_data": [i, 2 * i + 1]} for i in range(40)}
+    rngs = {f"s{i}": {**entry, "key_data": [i, 2 * i + 1]} for i in range(150)}  # 3 chunks
     streams = decode_streams(_WHERE, rngs)
     assert list(streams) == list(rngs)
     for i, s in enumerate(streams.values()):

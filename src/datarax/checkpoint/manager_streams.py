@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 import jax
@@ -36,6 +36,9 @@ _TOGETHER_MIN = 4
 """Streams decoded by columns from this many on (below, the columns cost more than they
 save), and streams of one form whose keys are wrapped in one call (below, iterating a key
 array costs more than a dispatch per key)."""
+
+_CHUNK = 64
+"""The most keys wrapped in one call (JAX slices a longer key array to iterate it)."""
 
 _Form = tuple[bool, str | None, tuple[int, ...], int, tuple[int, ...], int]
 """A stream's typed, impl, key shape, key data length, count shape and count length."""
@@ -179,6 +182,17 @@ def _keys(data: np.ndarray, typed: bool, impl: str | None, where: str) -> list[A
     if not typed:
         return [jax.numpy.asarray(d) for d in data]
     assert impl is not None  # a typed form's impl is a str (checked)
-    if len(data) >= _TOGETHER_MIN:
-        return list(wrap_key(data, impl, where))
-    return [wrap_key(d, impl, where) for d in data]
+    if len(data) < _TOGETHER_MIN:
+        return [wrap_key(d, impl, where) for d in data]
+    # Wrapped in chunks of a power of two, at most _CHUNK keys: each compiles once per
+    # impl and shape (not once per number of streams), and a key array that short is
+    # iterated without the slicing JAX does for longer ones. The last is padded.
+    size = min(_CHUNK, 1 << (len(data) - 1).bit_length())
+    keys: list[Any] = []
+    for start in range(0, len(data), size):
+        part = data[start : start + size]
+        used = len(part)
+        if used < size:
+            part = np.concatenate([part, np.zeros((size - used, *part.shape[1:]), part.dtype)])
+        keys.extend(islice(wrap_key(part, impl, where), used))
+    return keys
