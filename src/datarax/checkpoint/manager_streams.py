@@ -34,11 +34,14 @@ _ORDER = ("typed", "impl", "key_shape", "key_data", "count_shape", "count")
 _PRIVATE = operator.methodcaller("startswith", "_")
 _TOGETHER_MIN = 4
 """Streams decoded by columns from this many on (below, the columns cost more than they
-save), and streams of one form whose keys are wrapped in one call (below, iterating a key
-array costs more than a dispatch per key)."""
+save)."""
 
-_CHUNK = 64
-"""The most keys wrapped in one call (JAX slices a longer key array to iterate it)."""
+_CHUNK = 16
+"""Streams of one form whose keys are wrapped in one call, from this many on and in
+chunks of this many (the last padded). Iterating a key array makes JAX unstack it, which
+compiles once per chunk shape: a fixed chunk compiles once per impl and key shape (about
+0.1 s, on the first restore in a process), however many streams; 16 keys per call cost
+half the dispatches of one call per key, and longer chunks compile for much longer."""
 
 _Form = tuple[bool, str | None, tuple[int, ...], int, tuple[int, ...], int]
 """A stream's typed, impl, key shape, key data length, count shape and count length."""
@@ -182,17 +185,13 @@ def _keys(data: np.ndarray, typed: bool, impl: str | None, where: str) -> list[A
     if not typed:
         return [jax.numpy.asarray(d) for d in data]
     assert impl is not None  # a typed form's impl is a str (checked)
-    if len(data) < _TOGETHER_MIN:
+    if len(data) < _CHUNK:
         return [wrap_key(d, impl, where) for d in data]
-    # Wrapped in chunks of a power of two, at most _CHUNK keys: each compiles once per
-    # impl and shape (not once per number of streams), and a key array that short is
-    # iterated without the slicing JAX does for longer ones. The last is padded.
-    size = min(_CHUNK, 1 << (len(data) - 1).bit_length())
     keys: list[Any] = []
-    for start in range(0, len(data), size):
-        part = data[start : start + size]
+    for start in range(0, len(data), _CHUNK):
+        part = data[start : start + _CHUNK]
         used = len(part)
-        if used < size:
-            part = np.concatenate([part, np.zeros((size - used, *part.shape[1:]), part.dtype)])
+        if used < _CHUNK:
+            part = np.concatenate([part, np.zeros((_CHUNK - used, *part.shape[1:]), part.dtype)])
         keys.extend(islice(wrap_key(part, impl, where), used))
     return keys

@@ -143,7 +143,8 @@ def _skeleton(names: tuple[str, ...] | None, track_batches: bool) -> _Skeleton:
     """The pytree of a manager built by the constructor with streams ``names`` (in this
     order: ``streams_at[i]`` is where stream ``names[i]``'s key and count go) and
     ``track_batches``."""
-    rngs = None if names is None else nnx.Rngs(**dict.fromkeys(names, 0))
+    # One key for every stream (the leaves are placeholders): no key is derived per stream.
+    rngs = None if names is None else nnx.Rngs(**dict.fromkeys(names, jax.random.key(0)))
     manager = MetadataManager(rngs=rngs, track_batches=track_batches)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(manager)
     at = {_path_names(path): i for i, (path, _) in enumerate(with_paths)}
