@@ -11,7 +11,6 @@ import jax
 import numpy as np
 
 from datarax.checkpoint.errors import MetadataCheckpointError
-from datarax.core._cache import IdentityCache
 
 # Only plain numeric dtypes are written or read: never ``object`` (no pickle, ever).
 _DTYPE_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
@@ -164,22 +163,6 @@ def decode_array(entry: Any, where: str, blob: Any = None) -> np.ndarray:
             "written by another program."
         ) from e
     return out.astype(dtype)  # native byte order, and a copy that owns its memory
-
-
-# The manager's stream keys rarely change between saves; reading a key's data costs a device
-# round trip, so it is kept by key identity (see datarax.core._cache for why and how).
-_HOST_DATA: IdentityCache[tuple[str, np.ndarray]] = IdentityCache()
-
-
-def _host_data(key: jax.Array) -> tuple[str, np.ndarray]:
-    data = np.asarray(jax.random.key_data(key))
-    data.flags.writeable = False
-    return str(jax.random.key_impl(key)), data
-
-
-def key_host_data(key: jax.Array) -> tuple[str, np.ndarray]:
-    """``(impl, key data)`` of a concrete typed key, the data as a read-only NumPy array."""
-    return _HOST_DATA.get_or_compute(key, _host_data)
 
 
 @functools.cache

@@ -10,15 +10,22 @@ Managers themselves are read and built by :mod:`datarax.core._position`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import numpy as np
 
-from datarax.checkpoint.arrays import key_host_data, wrap_key
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.integrity import process_header
+from datarax.checkpoint.manager_fields import (
+    bad,
+    check_fields,
+    check_stream,
+    field_int,
+    stream_name,
+)
+from datarax.checkpoint.manager_streams import decode_streams
+from datarax.core._cache import IdentityCache
 from datarax.core._position import STATE_KEYS, Position, StreamPosition
 from datarax.core._rng import is_key
 
@@ -27,7 +34,6 @@ MANAGER_KIND = "MetadataManager"
 
 _HEADER_FIELDS = frozenset({"format_version", "kind", "process_index", "process_count", "save"})
 _BODY_FIELDS = frozenset({"state", "shard_id", "track_batches", "rngs"})
-_STREAM_FIELDS = frozenset({"typed", "impl", "key_shape", "key_data", "count_shape", "count"})
 _U32 = np.dtype(np.uint32)
 COUNTER_END = 2**63
 """Counters and ``shard_id`` are saved and restored in ``[0, 2**63)``: the range of the
@@ -64,39 +70,68 @@ def _host_int(value: Any, where: str, *, optional: bool = False) -> int | None:
     return out
 
 
-def _stream_name(name: Any) -> bool:
-    """Whether ``name`` is a stream name a manager is rebuilt with: an identifier, as
-    ``nnx.Rngs(name=...)`` takes it, not private."""
-    return type(name) is str and name.isidentifier() and not name.startswith("_")
+_KeyFields = tuple[bool, str | None, tuple[int, ...], tuple[int, ...]]
+_CountFields = tuple[tuple[int, ...], tuple[int, ...]]
+
+# A key (and a count held as a JAX array) is immutable, and a manager's keys rarely change
+# between saves, while reading a key's data costs a device round trip and every save encodes
+# each stream twice (when the args are built, and at the save): their fields are kept by
+# identity (see datarax.core._cache for why and how).
+_KEY_FIELDS: IdentityCache[_KeyFields] = IdentityCache()
+_COUNT_FIELDS: IdentityCache[_CountFields] = IdentityCache()
 
 
-def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:
-    where = f"manager.rngs[{name!r}]"
-    if not _stream_name(name):
-        raise _save_error("a manager.rngs stream name", "an identifier not starting with _", name)
-    key = stream.key
+def _key_fields(key: Any, where: str) -> _KeyFields:
+    """``(typed, impl, shape, data)`` of a stream's key: a concrete typed key or raw
+    ``uint32`` key array."""
+    fields = _KEY_FIELDS.get(key)
+    if fields is not None:
+        return fields
     if isinstance(key, jax.core.Tracer):
-        raise _save_error(f"{where}.key", "a concrete key (save outside JAX transforms)", key)
+        raise _save_error(where, "a concrete key (save outside JAX transforms)", key)
     if is_key(key):
-        impl, data = key_host_data(key)
-        entry = {"typed": True, "impl": impl}
-    elif isinstance(key, jax.Array | np.ndarray) and key.dtype == _U32:
-        data = np.asarray(key)
-        entry = {"typed": False, "impl": None}
-    else:
-        raise _save_error(f"{where}.key", "a JAX PRNG key or a raw uint32 key", key)
-    count = stream.count
+        data = np.asarray(jax.random.key_data(key))
+        fields = (True, str(jax.random.key_impl(key)), key.shape, tuple(data.ravel().tolist()))
+        return _KEY_FIELDS.put(key, fields)
+    if isinstance(key, jax.Array | np.ndarray) and key.dtype == _U32:
+        fields = (False, None, key.shape, tuple(np.asarray(key).ravel().tolist()))
+        # A NumPy array may change in place: only a JAX array's fields are kept.
+        return _KEY_FIELDS.put(key, fields) if isinstance(key, jax.Array) else fields
+    raise _save_error(where, "a JAX PRNG key or a raw uint32 key", key)
+
+
+def _count_fields(count: Any, where: str) -> _CountFields:
+    """``(shape, data)`` of a stream's count: a ``uint32`` array or NumPy scalar."""
+    if type(count) is np.ndarray and count.dtype == _U32:  # as the manager holds it
+        return count.shape, tuple(count.ravel().tolist())
+    fields = _COUNT_FIELDS.get(count)
+    if fields is not None:
+        return fields
     if isinstance(count, jax.core.Tracer) or not (
         isinstance(count, np.ndarray | jax.Array | np.uint32) and count.dtype == _U32
     ):
-        raise _save_error(f"{where}.count", "a uint32 count (as nnx.Rngs holds it)", count)
-    count = np.asarray(count)
+        raise _save_error(where, "a uint32 count (as nnx.Rngs holds it)", count)
+    host = np.asarray(count)
+    fields = (host.shape, tuple(host.ravel().tolist()))
+    return _COUNT_FIELDS.put(count, fields) if isinstance(count, jax.Array) else fields
+
+
+def _stream_fields(name: str, stream: StreamPosition) -> tuple[_KeyFields, _CountFields]:
+    if not stream_name(name):
+        raise _save_error("a manager.rngs stream name", "an identifier not starting with _", name)
+    key = _key_fields(stream.key, f"manager.rngs[{name!r}].key")
+    return key, _count_fields(stream.count, f"manager.rngs[{name!r}].count")
+
+
+def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:
+    (typed, impl, key_shape, key_data), (count_shape, count) = _stream_fields(name, stream)
     return {
-        **entry,
-        "key_shape": list(np.shape(key)),
-        "key_data": data.ravel().tolist(),
-        "count_shape": list(count.shape),
-        "count": count.ravel().tolist(),
+        "typed": typed,
+        "impl": impl,
+        "key_shape": list(key_shape),
+        "key_data": list(key_data),
+        "count_shape": list(count_shape),
+        "count": list(count),
     }
 
 
@@ -123,18 +158,7 @@ def encode_manager(position: Position) -> dict[str, Any]:
         >>> doc["state"], doc["rngs"]["metadata"]["key_data"]
         ({'global_step': 0, 'epoch': 0, 'index': 0, 'batch_idx': None}, [0, 7])
     """
-    state = position.state
-    if type(state) is not dict or set(state) != set(STATE_KEYS):
-        raise _save_error("manager.state", f"a dict with keys {list(STATE_KEYS)}", state)
-    counters = {
-        k: _host_int(state[k], f"manager.state[{k!r}]", optional=k == "batch_idx")
-        for k in STATE_KEYS
-    }
-    if type(position.track_batches) is not bool:
-        raise _save_error("manager.track_batches", "a bool", position.track_batches)
-    if (counters["batch_idx"] is None) == position.track_batches:
-        expected = "an int >= 0 (track_batches=True)" if position.track_batches else "None"
-        raise _save_error("manager.state['batch_idx']", expected, state["batch_idx"])
+    counters = _counters(position)
     streams = position.streams
     return {
         **process_header(MANAGER_KIND),
@@ -147,77 +171,59 @@ def encode_manager(position: Position) -> dict[str, Any]:
     }
 
 
+def check_position(position: Position) -> None:
+    """Raises what :func:`encode_manager` would raise, without building the document.
+
+    ``MetadataManagerSave`` checks the manager when its args are built, and the save
+    encodes it again: a thousand streams' fields are looked up here, not copied.
+
+    Raises:
+        MetadataCheckpointError: As :func:`encode_manager`.
+
+    Examples:
+        >>> from datarax.core.metadata import MetadataManager
+        >>> from datarax.core._position import read_position
+        >>> from datarax.checkpoint.manager_codec import check_position
+        >>> manager = MetadataManager(shard_id=2)
+        >>> check_position(read_position(manager))
+        >>> manager.shard_id = -1
+        >>> check_position(read_position(manager))
+        Traceback (most recent call last):
+        ...
+        datarax.checkpoint.MetadataCheckpointError: Cannot save manager.shard_id: ...
+    """
+    _counters(position)
+    _host_int(position.shard_id, "manager.shard_id", optional=True)
+    for name, stream in (position.streams or {}).items():
+        _stream_fields(name, stream)
+
+
+def _counters(position: Position) -> dict[str, int | None]:
+    """The counters of ``position.state`` as host ints, checked with ``track_batches``."""
+    state = position.state
+    if type(state) is not dict or set(state) != set(STATE_KEYS):
+        raise _save_error("manager.state", f"a dict with keys {list(STATE_KEYS)}", state)
+    counters = {
+        k: _host_int(state[k], f"manager.state[{k!r}]", optional=k == "batch_idx")
+        for k in STATE_KEYS
+    }
+    if type(position.track_batches) is not bool:
+        raise _save_error("manager.track_batches", "a bool", position.track_batches)
+    if (counters["batch_idx"] is None) == position.track_batches:
+        expected = "an int >= 0 (track_batches=True)" if position.track_batches else "None"
+        raise _save_error("manager.state['batch_idx']", expected, state["batch_idx"])
+    return counters
+
+
 @dataclasses.dataclass(frozen=True)
 class _Checked:
-    """A document's fields, each checked (see :func:`_check`)."""
+    """A document's fields, each checked (see :func:`_check`), but for the streams of
+    ``rngs``: :func:`decode_manager` checks them as it decodes them."""
 
     state: dict[str, int | None]
     shard_id: int | None
     track_batches: bool
-    streams: dict[str, dict[str, Any]] | None
-
-
-def _bad(where: str, field: str, expected: str, value: Any) -> MetadataCheckpointError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return MetadataCheckpointError(
-        f"{where}: {field} is {shown} ({type(value).__name__}), expected {expected}. The "
-        "checkpoint item is damaged or was not written by datarax; restore an earlier step."
-    )
-
-
-def _int(where: str, field: str, value: Any, end: int | None = None) -> int:
-    if type(value) is not int or value < 0 or (end is not None and value >= end):
-        expected = "an int >= 0" if end is None else f"an int in [0, 2**{end.bit_length() - 1})"
-        raise _bad(where, field, expected, value)
-    return value
-
-
-def _fields(where: str, field: str, value: Any, expected: frozenset[str]) -> None:
-    if type(value) is not dict or set(value) != expected:
-        shown = sorted(value) if type(value) is dict else value
-        raise _bad(where, field, f"a dict with the keys {sorted(expected)}", shown)
-
-
-def _shape(where: str, field: str, value: Any) -> list[int]:
-    if type(value) is not list or len(value) > 8:
-        raise _bad(where, field, "a list of at most 8 ints >= 0", value)
-    return [_int(where, f"{field}[{i}]", n) for i, n in enumerate(value)]
-
-
-def _uint32s(where: str, field: str, value: Any, size: int) -> list[int]:
-    if type(value) is not list or len(value) != size:
-        raise _bad(where, field, f"a list of {size} uint32 values", value)
-    return [_int(where, f"{field}[{i}]", v, 2**32) for i, v in enumerate(value)]
-
-
-def _check_stream(where: str, name: Any, entry: Any) -> dict[str, Any]:
-    at = f"rngs[{name!r}]"
-    if not _stream_name(name):
-        raise _bad(where, "an rngs stream name", "an identifier not starting with _", name)
-    _fields(where, at, entry, _STREAM_FIELDS)
-    typed, impl = entry["typed"], entry["impl"]
-    if type(typed) is not bool:
-        raise _bad(where, f"{at}.typed", "true or false", typed)
-    if typed and (type(impl) is not str or not impl):
-        raise _bad(where, f"{at}.impl", "the name of a JAX PRNG impl for a typed key", impl)
-    if not typed and impl is not None:
-        raise _bad(where, f"{at}.impl", "null for a raw key", impl)
-    key_shape = _shape(where, f"{at}.key_shape", entry["key_shape"])
-    data = entry["key_data"]
-    if type(data) is not list or (not typed and len(data) != math.prod(key_shape)):
-        raise _bad(where, f"{at}.key_data", f"a list of uint32 values for shape {key_shape}", data)
-    key_data = _uint32s(where, f"{at}.key_data", data, len(data))
-    count_shape = _shape(where, f"{at}.count_shape", entry["count_shape"])
-    count = _uint32s(where, f"{at}.count", entry["count"], math.prod(count_shape))
-    return {
-        "typed": typed,
-        "impl": impl,
-        "key_shape": key_shape,
-        "key_data": key_data,
-        "count_shape": count_shape,
-        "count": count,
-    }
+    rngs: dict[Any, Any] | None
 
 
 def _check(doc: dict[str, Any], where: str) -> _Checked:
@@ -233,39 +239,24 @@ def _check(doc: dict[str, Any], where: str) -> _Checked:
         )
     track_batches = doc["track_batches"]
     if type(track_batches) is not bool:
-        raise _bad(where, "track_batches", "true or false", track_batches)
+        raise bad(where, "track_batches", "true or false", track_batches)
     state = doc["state"]
-    _fields(where, "state", state, frozenset(STATE_KEYS))
+    check_fields(where, "state", state, frozenset(STATE_KEYS))
     counters: dict[str, int | None] = {}
     for k in STATE_KEYS:
         if k == "batch_idx" and not track_batches:
             if state[k] is not None:
-                raise _bad(where, "state['batch_idx']", "null (track_batches is false)", state[k])
+                raise bad(where, "state['batch_idx']", "null (track_batches is false)", state[k])
             counters[k] = None
         else:
-            counters[k] = _int(where, f"state[{k!r}]", state[k], COUNTER_END)
+            counters[k] = field_int(where, f"state[{k!r}]", state[k], COUNTER_END)
     shard_id = doc["shard_id"]
     if shard_id is not None:
-        _int(where, "shard_id", shard_id, COUNTER_END)
+        field_int(where, "shard_id", shard_id, COUNTER_END)
     rngs = doc["rngs"]
-    streams = None
-    if rngs is not None:
-        if type(rngs) is not dict:
-            raise _bad(where, "rngs", "null or a dict of streams", rngs)
-        streams = {name: _check_stream(where, name, entry) for name, entry in rngs.items()}
-    return _Checked(counters, shard_id, track_batches, streams)
-
-
-def _decode_stream(where: str, name: str, s: dict[str, Any]) -> StreamPosition:
-    count = np.array(s["count"], dtype=np.uint32).reshape(s["count_shape"])
-    data = np.array(s["key_data"], dtype=np.uint32)
-    if not s["typed"]:
-        return StreamPosition(jax.numpy.asarray(data.reshape(s["key_shape"])), count)
-    if data.size == 0 or data.size % max(math.prod(s["key_shape"]), 1):
-        expected = f"whole keys of shape {s['key_shape']}"
-        raise _bad(where, f"rngs[{name!r}].key_data", expected, s["key_data"])
-    key = wrap_key(data.reshape(*s["key_shape"], -1), s["impl"], f"{where}: rngs[{name!r}]")
-    return StreamPosition(key, count)
+    if rngs is not None and type(rngs) is not dict:
+        raise bad(where, "rngs", "null or a dict of streams", rngs)
+    return _Checked(counters, shard_id, track_batches, rngs)
 
 
 def decode_manager(doc: dict[str, Any], where: str) -> Position:
@@ -299,9 +290,7 @@ def decode_manager(doc: dict[str, Any], where: str) -> Position:
         datarax.checkpoint.MetadataCheckpointError: process_0.jsonl: shard_id is 'abc' (str), ...
     """
     checked = _check(doc, where)
-    streams = None
-    if checked.streams is not None:
-        streams = {name: _decode_stream(where, name, s) for name, s in checked.streams.items()}
+    streams = None if checked.rngs is None else decode_streams(where, checked.rngs)
     return Position(dict(checked.state), checked.shard_id, checked.track_batches, streams)
 
 
@@ -328,16 +317,16 @@ def describe_manager(doc: dict[str, Any], where: str = "the manager document") -
     """
     checked = _check(doc, where)
     streams = None
-    if checked.streams is not None:
-        streams = {
-            name: {
+    if checked.rngs is not None:
+        streams = {}
+        for name, entry in checked.rngs.items():
+            s = check_stream(where, name, entry)
+            streams[name] = {
                 "typed": s["typed"],
                 "impl": s["impl"],
                 "key_shape": s["key_shape"],
                 "count": s["count"][0] if s["count_shape"] == [] else s["count"],
             }
-            for name, s in checked.streams.items()
-        }
     return {
         "format_version": doc["format_version"],
         "kind": MANAGER_KIND,

@@ -18,11 +18,12 @@ from datarax.checkpoint.integrity import (
 )
 from datarax.checkpoint.manager_codec import (
     MANAGER_KIND,
+    check_position,
     decode_manager,
     describe_manager,
     encode_manager,
 )
-from datarax.checkpoint.manager_template import manager_differences
+from datarax.checkpoint.manager_template import built_alike, manager_differences
 from datarax.checkpoint.sync_save import run_now
 from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
@@ -143,8 +144,9 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
             )
         doc, where = read_process_document(directory, MANAGER_KIND, "MetadataManagerRestore")
         position = decode_manager(doc, where)
-        if args is not None and args.manager is not None:
-            differences = manager_differences(read_position(args.manager), position)
+        template = None if args is None else args.manager
+        if template is not None and not built_alike(template, position):
+            differences = manager_differences(read_position(template), position)
             if differences:
                 raise MetadataCheckpointError(
                     f"{where}: the template manager is built differently from the saved one: "
@@ -202,7 +204,7 @@ class MetadataManagerSave(ocp.args.CheckpointArgs):
             )
         # Raised from inside Orbax's async save, an error would leave Orbax's
         # directory-creation thread waiting, and the directory behind: check now.
-        encode_manager(read_position(self.manager))
+        check_position(read_position(self.manager))
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_restore=True)

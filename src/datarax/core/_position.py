@@ -13,22 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 from flax import nnx
 
 from datarax.core._lock import POSITION_LOCK
 from datarax.core._manager import MetadataManager
-from datarax.core._variables import read, write
+from datarax.core._variables import read
 
 STATE_KEYS = ("global_step", "epoch", "index", "batch_idx")
 """The keys of ``MetadataManager.state``."""
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamPosition:
+class StreamPosition(NamedTuple):
     """One ``nnx.Rngs`` stream: its key (a typed key array, or a raw ``uint32`` key as held)
-    and its count (the manager's own form is a 0-d NumPy ``uint32`` array)."""
+    and its count (the manager's own form is a 0-d NumPy ``uint32`` array). A named tuple:
+    a restore makes one per stream, and a thousand streams are common enough."""
 
     key: Any
     count: Any
@@ -87,11 +88,17 @@ def build_manager(position: Position) -> MetadataManager:
     """A new manager at ``position``: its next record is the one the saved manager would
     have handed out next.
 
+    The manager is rebuilt from a cached template of its structure (the pytree of a
+    manager built by the constructor with the same streams and ``track_batches``), filled
+    with ``position``'s values: ``jax.tree_util`` makes new Variables and ``nnx`` objects,
+    exactly those the constructor makes, in one pass and without copying any value.
+
     Args:
         position: What :func:`read_position` returned (or a checkpoint decoded into one).
 
     Returns:
-        A new :class:`MetadataManager`; no existing object is touched.
+        A new :class:`MetadataManager`; no existing object is touched, and the keys and
+        counts of ``position`` are held by it as they are (not copied).
 
     Examples:
         >>> from flax import nnx
@@ -104,24 +111,53 @@ def build_manager(position: Position) -> MetadataManager:
         >>> a.index == b.index, bool((a.rng_key == b.rng_key).all())
         (True, True)
     """
-    names = None if position.streams is None else tuple(position.streams)
-    graphdef, state = _skeleton(names, position.track_batches)
-    # New Variables, nothing shared with the skeleton.
-    manager: MetadataManager = nnx.merge(graphdef, state, copy=True)
+    streams = position.streams
+    skeleton = _skeleton(None if streams is None else tuple(streams), position.track_batches)
+    leaves = list(skeleton.leaves)
+    for k, at in skeleton.state_at:
+        leaves[at] = position.state[k]
+    if streams is not None:
+        for (key_at, count_at), stream in zip(skeleton.streams_at, streams.values(), strict=True):
+            leaves[key_at] = stream.key
+            leaves[count_at] = stream.count
+    manager: MetadataManager = skeleton.treedef.unflatten(leaves)
+    if position.state["batch_idx"] is not None and not position.track_batches:
+        # Not a leaf of the template (its batch_idx is None): set as held.
+        manager.state.set_raw_value({k: position.state[k] for k in STATE_KEYS})
     if position.shard_id is not None:
         manager.shard_id = position.shard_id
-    if position.streams is not None:
-        for name, stream in position.streams.items():
-            held = getattr(manager.rngs, name)
-            write(held.key, stream.key)
-            write(held.count, stream.count)
-    write(manager.state, {k: position.state[k] for k in STATE_KEYS})
     return manager
 
 
+class _Skeleton(NamedTuple):
+    """A manager's pytree structure, its leaves, and where each value goes among them."""
+
+    treedef: Any
+    leaves: tuple[Any, ...]
+    state_at: tuple[tuple[str, int], ...]
+    streams_at: tuple[tuple[int, int], ...]
+
+
 @functools.lru_cache(maxsize=64)
-def _skeleton(names: tuple[str, ...] | None, track_batches: bool) -> tuple[Any, Any]:
-    """``nnx.split`` of a manager with these streams and ``track_batches``: a restore merges
-    a copy of it (a few times cheaper than building ``nnx.Rngs`` and the manager anew)."""
-    rngs = None if names is None else nnx.Rngs(**dict.fromkeys(names, 0))
-    return nnx.split(MetadataManager(rngs=rngs, track_batches=track_batches))
+def _skeleton(names: tuple[str, ...] | None, track_batches: bool) -> _Skeleton:
+    """The pytree of a manager built by the constructor with streams ``names`` (in this
+    order: ``streams_at[i]`` is where stream ``names[i]``'s key and count go) and
+    ``track_batches``."""
+    # One key for every stream (the leaves are placeholders): no key is derived per stream.
+    rngs = None if names is None else nnx.Rngs(**dict.fromkeys(names, jax.random.key(0)))
+    manager = MetadataManager(rngs=rngs, track_batches=track_batches)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(manager)
+    at = {_path_names(path): i for i, (path, _) in enumerate(with_paths)}
+    state_at = tuple(
+        (k, at[("state", "value", k)]) for k in STATE_KEYS if ("state", "value", k) in at
+    )
+    streams_at = tuple(
+        (at[("rngs", name, "key", "value")], at[("rngs", name, "count", "value")])
+        for name in names or ()
+    )
+    return _Skeleton(treedef, tuple(leaf for _, leaf in with_paths), state_at, streams_at)
+
+
+def _path_names(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A leaf's path as plain names: ``('rngs', 'metadata', 'key', 'value')``."""
+    return tuple(getattr(entry, "name", getattr(entry, "key", entry)) for entry in path)
