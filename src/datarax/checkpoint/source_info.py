@@ -262,6 +262,8 @@ def decode_source_info(data: Any, where: str = "source_info", depth: int = 0) ->
     if kind is dict:
         if len(data) == 1 and _TUPLE in data and type(data[_TUPLE]) is list:
             items = data[_TUPLE]
+            if _decoded(items):
+                return tuple(items)
             return tuple(decode_source_info(v, f"{where}[{i}]", depth) for i, v in enumerate(items))
         if len(data) == 1 and _DICT in data and type(data[_DICT]) is list:
             out: dict[Any, Any] = {}
