@@ -67,8 +67,10 @@ __all__ = [
     "describe_item", "encode_item", "global_requests", "is_global",
 ]  # fmt: skip
 
-# One jitted dispatch: an eager key_data costs an abstract evaluation per call (~4x more).
+# Up to 64k keys, one jitted dispatch (an eager key_data costs an abstract evaluation per
+# call, ~3x more); beyond, the eager call, which returns the keys' data without a copy.
 _key_data = jax.jit(jax.random.key_data)
+_JIT_KEYS = 1 << 16
 
 BLOB_THRESHOLD = 64 * 1024
 """Host arrays of more bytes than this (in all, per process) go to ``process_<i>.bin``."""
@@ -112,7 +114,7 @@ class EncodedItem:
         hosts = []
         for entry, value, where in self.host_arrays:
             if is_key(value):
-                value = _key_data(value)
+                value = _key_data(value) if value.size <= _JIT_KEYS else jax.random.key_data(value)
             array = little_endian(value)
             fill = find_progression(array)
             if fill is None:
