@@ -118,6 +118,50 @@ def test_malformed_encodings_are_errors(bad):
         decode_source_info(bad)
 
 
+@pytest.mark.parametrize(
+    "flat",
+    [
+        [f"f{i}" for i in range(300)] + ["\u00e9\U0001f600"],
+        [*range(-150, 150), 2**70, -(2**70)],
+        [0.5, -0.0, 1e308, 5e-324] * 50,
+        [True, False] * 100,
+        [None] * 100,
+        {f"k{i}$": f"v{i}" for i in range(200)} | {"a\x00$b": "c", "\U0001f600": "\x00"},
+        {f"k{i}": i for i in range(200)},
+    ],
+)
+def test_large_flat_containers_round_trip_exactly(flat):
+    """Flat lists, tuples and dicts of one scalar type take a fast path: same result."""
+    for value in (flat, tuple(flat) if isinstance(flat, list) else {"inner": flat}):
+        encoded = encode_source_info(value)
+        assert encoded is not value
+        assert _typed(decode_source_info(_through_json(encoded))) == _typed(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ([f"f{i}" for i in range(100)] + ["\ud83d\ude00"], "source_info[100]"),
+        ([1.0] * 100 + [math.nan], "source_info[100]"),
+        ([1] * 100 + [10**5000], "source_info[100]"),
+        ({f"k{i}": "v" for i in range(100)} | {"x": "\ud83d\ude00"}, "source_info['x']"),
+    ],
+)
+def test_a_bad_value_in_a_large_flat_container_is_refused_with_its_path(value, path):
+    with pytest.raises(MetadataCheckpointError) as err:
+        encode_source_info(value)
+    assert f"Cannot save {path}" in str(err.value)
+
+
+def test_a_dollar_key_among_many_plain_keys_is_tagged_and_refused_untagged():
+    info = {f"k{i}": i for i in range(100)} | {"$tuple": "x"}
+    encoded = encode_source_info(info)
+    assert set(encoded) == {"$dict"}
+    assert _typed(decode_source_info(_through_json(encoded))) == _typed(info)
+    with pytest.raises(MetadataCheckpointError, match="not an encoded source_info"):
+        decode_source_info({f"k{i}": i for i in range(100)} | {"$x": 1})
+
+
 # --- Metadata pytrees ------------------------------------------------------------------------
 
 counters = (

@@ -213,3 +213,41 @@ def test_a_damaged_or_swapped_blob_is_an_error_naming_it(tmp_path, records, how)
         shutil.copy(tmp_path / "b" / "process_0.bin", blob)
     with pytest.raises(MetadataCheckpointError, match=r"process_0\.bin"):
         _restore_metadata(epath.Path(tmp_path / "a"))
+
+
+# --- reading an item's files ------------------------------------------------------------------
+
+
+def test_item_files_are_read_exactly_whole_first_bytes_or_mutable(tmp_path):
+    from datarax.checkpoint.safe_files import read_item_file
+
+    data = bytes(range(256)) * 40 + b"\nend"
+    (tmp_path / "f").write_bytes(data)
+    assert read_item_file(tmp_path, "f") == data
+    assert read_item_file(tmp_path, "f", first=100) == data[:100]
+    assert read_item_file(tmp_path, "f", first=len(data) + 50) == data
+    mutable = read_item_file(tmp_path, "f", size=len(data), mutable=True)
+    assert type(mutable) is bytearray and mutable == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_item_file(tmp_path, "empty") == b""
+
+
+def test_a_file_that_grows_or_shrinks_after_its_size_was_taken_reads_differently(tmp_path):
+    import os
+
+    from datarax.checkpoint.safe_files import _read_fd
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with open(path, "ab") as f:
+            f.write(b"more")
+        assert len(_read_fd(fd, 1000, None, False)) == 1001  # the caller sees 1001 != 1000
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.truncate(path, 10)
+        assert len(_read_fd(fd, 1000, None, False)) == 10
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert _read_fd(fd, 1000, None, True) == b""  # shorter than its size: reported
+    finally:
+        os.close(fd)

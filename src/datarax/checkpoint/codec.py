@@ -67,6 +67,11 @@ __all__ = [
     "describe_item", "encode_item", "global_requests", "is_global",
 ]  # fmt: skip
 
+# Up to 64k keys, one jitted dispatch (an eager key_data costs an abstract evaluation per
+# call, ~3x more); beyond, the eager call, which returns the keys' data without a copy.
+_key_data = jax.jit(jax.random.key_data)
+_JIT_KEYS = 1 << 16
+
 BLOB_THRESHOLD = 64 * 1024
 """Host arrays of more bytes than this (in all, per process) go to ``process_<i>.bin``."""
 _ALIGN = 64
@@ -109,13 +114,13 @@ class EncodedItem:
         hosts = []
         for entry, value, where in self.host_arrays:
             if is_key(value):
-                value = jax.random.key_data(value)
-            array = little_endian(value)
+                value = _key_data(value) if value.size <= _JIT_KEYS else jax.random.key_data(value)
+            array = value if _native(value) else little_endian(value)
             fill = find_progression(array)
             if fill is None:
                 hosts.append((entry, array, where))
             else:
-                entry.update(dtype=array.dtype.name, shape=list(array.shape), fill=fill)
+                entry.update(dtype=_name(array.dtype), shape=list(array.shape), fill=fill)
         parts: list[memoryview | bytes] = []
         if not hosts or sum(a.nbytes for _, a, _ in hosts) <= threshold:
             for entry, array, where in hosts:
@@ -123,7 +128,7 @@ class EncodedItem:
             return self.doc, parts
         offset = 0
         for entry, array, _ in hosts:
-            entry.update(dtype=array.dtype.name, shape=list(array.shape))
+            entry.update(dtype=_name(array.dtype), shape=list(array.shape))
             entry["blob"] = [offset, array.nbytes]
             pad = -array.nbytes % _ALIGN
             for part in (array.reshape(-1).view(np.uint8).data, bytes(pad)):
@@ -142,6 +147,28 @@ def blob_sha256(parts: list[Any]) -> str:
     for part in parts:
         digest.update(part)
     return digest.hexdigest()
+
+
+_NAMES: dict[np.dtype, str] = {}
+
+
+def _name(dtype: np.dtype) -> str:
+    """``dtype.name``, remembered (numpy computes it in Python, at each call)."""
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = dtype.name
+    return name
+
+
+def _native(value: Any) -> bool:
+    """Whether ``value`` is already what ``little_endian`` returns: a C-ordered NumPy array
+    of little-endian (native) byte order."""
+    return (
+        type(value) is np.ndarray and _LITTLE and value.dtype.isnative and value.flags.c_contiguous
+    )
+
+
+_LITTLE = sys.byteorder == "little"
 
 
 def encode_item(item: Any, *, copy: bool = True) -> EncodedItem:

@@ -211,7 +211,11 @@ def _decode_field(entry: Any, t: Any, where: str, sources: _Sources) -> Any:
         raise _mismatch(where, _describe(entry), t)
     if has_target and is_key(t) and str(jax.random.key_impl(t)) != k["impl"]:
         raise _mismatch(where, _describe(entry), t)
-    data = _materialize(k["data"], t, where, sources, force_jax=True)
+    arr = k["data"]
+    if arr.keys() & {"global", "sharding", "fill"} or getattr(t, "sharding", None) is not None:
+        data = _materialize(arr, t, where, sources, force_jax=True)
+    else:  # one device's data: wrap_key builds the key in one jitted dispatch
+        data = decode_array(arr, where, sources.blob)
     key = wrap_key(data, k["impl"], where)
     if has_target and (key.dtype != t.dtype or key.shape != t.shape):
         raise _mismatch(where, f"a typed {k['impl']} key of shape {key.shape}", t)

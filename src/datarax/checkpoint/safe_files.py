@@ -175,14 +175,7 @@ def read_item_file(
                 raw: bytes = remote.read(n)  # type: ignore[assignment]  # etils: IO[str] in any mode
             data = bytearray(raw) if mutable else raw
         else:
-            with os.fdopen(fd, "rb") as f:
-                fd = None
-                if mutable:
-                    data = bytearray(actual)
-                    if f.readinto(data) != actual:
-                        data = b""  # shorter than it was: reported below
-                else:
-                    data = f.read(-1 if first is None else first)
+            data = _read_fd(fd, actual, first, mutable)
     except OSError as e:
         raise MetadataCheckpointError(f"{path}: cannot be read ({e}).") from e
     finally:
@@ -191,3 +184,25 @@ def read_item_file(
     if first is None and len(data) != actual:
         raise damaged(path, f"it changed size while being read ({len(data)} of {actual} bytes)")
     return data
+
+
+def _read_fd(fd: int, actual: int, first: int | None, mutable: bool) -> bytes | bytearray:
+    """Reads a file of ``actual`` bytes (its ``fstat`` size) from ``fd`` in as few system
+    calls as it takes, usually one: a file that grew since is read one byte longer, a file
+    that shrank shorter, so that the caller reports either."""
+    if mutable:
+        data = bytearray(actual)
+        view, got = memoryview(data), 0
+        while got < actual:
+            n = os.readv(fd, [view[got:]])
+            if n == 0:
+                return b""  # shorter than it was: reported by the caller
+            got += n
+        return data
+    want = actual + 1 if first is None else first
+    parts = [os.read(fd, want)]
+    got = len(parts[0])
+    while got < min(want, actual) and parts[-1]:  # a read of over 2 GiB comes in pieces
+        parts.append(os.read(fd, want - got))
+        got += len(parts[-1])
+    return parts[0] if len(parts) == 1 else b"".join(parts)

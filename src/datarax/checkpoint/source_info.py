@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from itertools import repeat
 from typing import Any
 
 from datarax.checkpoint.errors import MetadataCheckpointError
@@ -33,6 +34,7 @@ _TUPLE = "$tuple"
 # A high surrogate followed by a low one: JSON would read the pair back as one character.
 _PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _DICT = "$dict"
+_NONE = type(None)
 
 _HINTS: dict[type, str] = {
     set: "use a sorted list or a tuple",
@@ -131,6 +133,10 @@ def _encode(value: Any, path: str, active: set[int]) -> Any:
             raise _refuse(path, value, f"a {kind.__name__} that contains itself")
         if len(active) >= MAX_NESTING:
             raise _too_deep(path)
+        if _flat(value.values() if kind is dict else value) and (
+            kind is not dict or _plain_keys(value)
+        ):
+            return {_TUPLE: list(value)} if kind is tuple else kind(value)
         active.add(id(value))
         try:
             if kind is list:
@@ -146,6 +152,48 @@ def _encode(value: Any, path: str, active: set[int]) -> Any:
     elif hint is None and isinstance(value, bool | int | float | str | list | tuple | dict):
         hint = f"use a plain {kind.__mro__[1].__name__}"
     raise _refuse(path, value, f"a {kind.__name__}", hint)
+
+
+def _flat(values: Any) -> bool:
+    """Whether ``values`` are all scalars of one type that JSON carries exactly, checked at C
+    speed (a large ``source_info``). ``False`` sends them to the element-wise path, which
+    also reports what is wrong."""
+    types = set(map(type, values))
+    if len(types) != 1:
+        return not types
+    (kind,) = types
+    if kind is str:
+        return _plain_strs(values)
+    if kind is int:
+        return all(map(_small_int, (min(values), max(values))))
+    if kind is float:
+        return all(map(math.isfinite, values))
+    return kind is bool or kind is _NONE
+
+
+def _plain_strs(strs: Any) -> bool:
+    """No str of ``strs`` holds a surrogate pair (as :func:`check_str` checks), at C speed.
+    A pair cannot straddle two strings joined by ``"\\x00"``."""
+    joined = "\x00".join(strs)
+    return joined.isascii() or _PAIR.search(joined) is None
+
+
+def _plain_keys(value: dict[Any, Any]) -> bool:
+    """The dict's keys are strs, none starts with ``$`` nor holds a surrogate pair."""
+    if set(map(type, value)) - {str}:
+        return False
+    return not _dollar_key(value) and _plain_strs(value)
+
+
+def _dollar_key(keys: Any) -> bool:
+    """Whether a str of ``keys`` starts with ``$``: key by key only where one of them holds
+    a ``$`` at all (one search of the joined keys otherwise)."""
+    return "$" in "".join(keys) and any(map(str.startswith, keys, repeat("$")))
+
+
+def _small_int(value: int) -> bool:
+    limit = sys.get_int_max_str_digits()
+    return not limit or abs(value).bit_length() <= 3 * limit
 
 
 def show_key(key: Any) -> str:
@@ -207,11 +255,15 @@ def decode_source_info(data: Any, where: str = "source_info", depth: int = 0) ->
             "not written by datarax or is damaged."
         )
     depth += 1
+    if kind is list and _decoded(data):
+        return list(data)
     if kind is list:
         return [decode_source_info(v, f"{where}[{i}]", depth) for i, v in enumerate(data)]
     if kind is dict:
         if len(data) == 1 and _TUPLE in data and type(data[_TUPLE]) is list:
             items = data[_TUPLE]
+            if _decoded(items):
+                return tuple(items)
             return tuple(decode_source_info(v, f"{where}[{i}]", depth) for i, v in enumerate(items))
         if len(data) == 1 and _DICT in data and type(data[_DICT]) is list:
             out: dict[Any, Any] = {}
@@ -224,10 +276,20 @@ def decode_source_info(data: Any, where: str = "source_info", depth: int = 0) ->
                 except TypeError as e:  # an unhashable key: not produced by the encoder
                     raise _malformed(where, pair) from e
             return out
-        if any(k.startswith("$") for k in data):
+        if _dollar_key(data):
             raise _malformed(where, data)
+        if _decoded(data.values()):
+            return dict(data)
         return {k: decode_source_info(v, f"{where}[{k!r}]", depth) for k, v in data.items()}
     raise _malformed(where, data)
+
+
+def _decoded(values: Any) -> bool:
+    """Whether ``values`` are all JSON scalars, which decode to themselves (at C speed)."""
+    return set(map(type, values)) <= _SCALARS
+
+
+_SCALARS = {str, int, float, bool, _NONE}
 
 
 def _malformed(where: str, data: Any) -> MetadataCheckpointError:
