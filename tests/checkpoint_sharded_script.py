@@ -104,9 +104,8 @@ def main() -> None:
         print("restored into the target's shardings")
 
         item_dir = pathlib.Path(tmp) / "1" / "meta"
-        # Held whole by this process: no Orbax files, the shardings are in the document,
-        # which is the whole item (no blob): no manifest.
-        assert _files(item_dir) == ["process_0.jsonl"]
+        # Held whole by this process: no Orbax files, the shardings are in the document.
+        assert _files(item_dir) == ["item_manifest.jsonl", "process_0.jsonl"]
         assert (item_dir / "process_0.jsonl").read_text().count('"sharding"') == 4
         _check_every_damage(item_dir)
         _check_mixed_saves(pathlib.Path(tmp), item)
