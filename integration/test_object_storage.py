@@ -233,13 +233,9 @@ def test_items_make_one_request_more_than_json_the_manifest(request_counts, stor
     # run to run with what its listing cache holds (the figures are printed). The one object
     # more is item_manifest.jsonl (written once, read once), which ties the document to its
     # save: without it a document from another run at the same step would restore silently.
-    # The batch's document is its whole item (one process, no blob): it has no manifest.
     (ours, requests), (json_, json_requests) = (
         transfers(request_counts[store], item, api, op) for api in ("datarax", "json")
     )
-    if item == "batch":
-        assert ours <= json_, f"{requests}\n{json_requests}"
-        return
     assert ours <= json_ + 1, f"{requests}\n{json_requests}"
     assert "item_manifest.jsonl" in requests, requests
 

@@ -7,7 +7,6 @@ never regenerated. The values below are spelled out, not recomputed by that scri
 from __future__ import annotations
 
 import hashlib
-import json
 import pathlib
 import shutil
 
@@ -28,7 +27,6 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
-from datarax.checkpoint.documents import dumps_document
 from datarax.core.metadata import Metadata, MetadataManager
 
 V2 = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v2" / "7"
@@ -124,20 +122,16 @@ def test_format_version_2_fixtures_restore_through_checkpoint_manager(tmp_path):
 
 
 def _save_steps(root: pathlib.Path) -> None:
-    """Steps 1 and 2 of one run, each with a manager item and two Metadata items: ``meta``,
-    whose document is the whole item (no manifest), and ``blob``, whose host arrays go to
-    ``process_0.bin`` (with a manifest)."""
+    """Steps 1 and 2 of one run, each with a manager item and a Metadata item."""
     manager = MetadataManager(rngs=nnx.Rngs(metadata=3))
     with ocp.CheckpointManager(root) as mngr:
         for step in (1, 2):
             manager.create_metadata(record_key=step)
-            large = np.random.default_rng(step).permutation(20_000)
             mngr.save(
                 step,
                 args=ocp.args.Composite(
                     data=MetadataManagerSave(manager),
                     meta=MetadataSave({"step": Metadata(index=step, global_step=step * 10)}),
-                    blob=MetadataSave({"step": Metadata(index=large, global_step=step)}),
                 ),
             )
         mngr.wait_until_finished()
@@ -146,27 +140,19 @@ def _save_steps(root: pathlib.Path) -> None:
 def _restore(root: pathlib.Path, step: int, item: str):
     with ocp.CheckpointManager(root) as mngr:
         template = MetadataManager(rngs=nnx.Rngs(metadata=0))
-        restore = MetadataManagerRestore(template) if item == "data" else MetadataRestore()
+        restore = MetadataRestore() if item == "meta" else MetadataManagerRestore(template)
         return mngr.restore(step, args=ocp.args.Composite(**{item: restore}))[item]
 
 
-@pytest.mark.parametrize(
-    ("item", "error"),
-    [
-        ("data", r"process_0\.jsonl: not the document"),
-        ("blob", r"process_0\.jsonl: not the document"),
-        # The document is the whole item: copying it copies the item, from another step.
-        ("meta", r"process_0\.jsonl: the item was saved at step 1, .* directory of step 2"),
-    ],
-)
-def test_a_document_copied_from_another_step_is_an_error_naming_it(tmp_path, item, error):
+@pytest.mark.parametrize("item", ["data", "meta"])
+def test_a_document_copied_from_another_step_is_an_error_naming_it(tmp_path, item):
     _save_steps(tmp_path)
     shutil.copy(tmp_path / "1" / item / "process_0.jsonl", tmp_path / "2" / item)
-    with pytest.raises(MetadataCheckpointError, match=error):
+    with pytest.raises(MetadataCheckpointError, match=r"process_0\.jsonl: not the document"):
         _restore(tmp_path, 2, item)
 
 
-@pytest.mark.parametrize("item", ["data", "meta", "blob"])
+@pytest.mark.parametrize("item", ["data", "meta"])
 def test_a_whole_item_copied_from_another_step_is_an_error(tmp_path, item):
     _save_steps(tmp_path)
     shutil.rmtree(tmp_path / "2" / item)
@@ -175,9 +161,7 @@ def test_a_whole_item_copied_from_another_step_is_an_error(tmp_path, item):
         _restore(tmp_path, 2, item)
 
 
-# (A "meta" document from another run at the same step is that run's whole item: no format
-# can tell it from the item it replaces.)
-@pytest.mark.parametrize("item", ["data", "blob"])
+@pytest.mark.parametrize("item", ["data", "meta"])
 def test_a_document_from_another_run_at_the_same_step_is_an_error(tmp_path, item):
     _save_steps(tmp_path / "a")
     _save_steps(tmp_path / "b")  # the same values: only the save differs
@@ -188,10 +172,9 @@ def test_a_document_from_another_run_at_the_same_step_is_an_error(tmp_path, item
 
 def test_a_version_2_item_without_its_manifest_never_finished(tmp_path):
     _save_steps(tmp_path)
-    for item in ("data", "blob"):
-        (tmp_path / "2" / item / "item_manifest.jsonl").unlink()
-        with pytest.raises(MetadataCheckpointError, match=r"item_manifest\.jsonl: missing.*never"):
-            _restore(tmp_path, 2, item)
+    (tmp_path / "2" / "meta" / "item_manifest.jsonl").unlink()
+    with pytest.raises(MetadataCheckpointError, match=r"item_manifest\.jsonl: missing.*never"):
+        _restore(tmp_path, 2, "meta")
 
 
 def test_each_step_restores_its_own_values(tmp_path):
@@ -200,95 +183,3 @@ def test_each_step_restores_its_own_values(tmp_path):
         assert _restore(tmp_path, step, "meta") == {
             "step": Metadata(index=step, global_step=step * 10)
         }
-
-
-# --- a document that is the whole item (format version 2, no manifest) ------------------------
-
-WHOLE = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v2_whole" / "5"
-WHOLE_KEYS_SHA256 = "e64be9e3043ab6c085101cde76da8e2fff0f9ab926e494077d2f5e83605217fa"
-
-
-def _check_whole_item(item: dict) -> None:
-    assert sorted(item) == ["batch", "one"]
-    assert item["one"] == Metadata(
-        index=3, epoch=1, global_step=5, key="x/3", source_info={2: [None]}
-    )
-    batch = item["batch"]
-    assert type(batch.index) is np.ndarray and batch.index.dtype == np.int64
-    assert batch.index.tolist() == list(range(200, 240))
-    assert batch.epoch.dtype == np.int32 and batch.epoch.tolist() == [1] * 40
-    assert batch.global_step.dtype == np.uint32
-    assert batch.global_step.tolist() == [0, 7, 3, 10, 6, 2, 9, 5, 1, 8, 4] * 3 + [
-        0, 7, 3, 10, 6, 2, 9,
-    ]  # fmt: skip
-    assert (batch.batch_idx, batch.shard_id, batch._encoded_key) == (None, None, None)
-    assert batch.source_info == {"split": "train", "files": ("a.rec", "b.rec")}
-    assert str(jax.random.key_impl(batch.rng_key)) == "threefry2x32"
-    data = np.asarray(jax.random.key_data(batch.rng_key))
-    assert data.shape == (40, 2) and data[0].tolist() == [2822284597, 2722679661]
-    assert hashlib.sha256(data.tobytes()).hexdigest() == WHOLE_KEYS_SHA256
-
-
-def test_whole_item_fixture_is_its_document_alone():
-    assert [p.name for p in (WHOLE / "metadata").iterdir()] == ["process_0.jsonl"]
-    doc = json.loads((WHOLE / "metadata" / "process_0.jsonl").read_bytes().split(b"\n")[1])
-    assert doc["save"]["whole_item"] is True and doc["save"]["step"] == 5
-
-
-def test_whole_item_fixture_restores_through_handler_and_checkpoint_manager(tmp_path):
-    _check_whole_item(MetadataCheckpointHandler().restore(epath.Path(WHOLE / "metadata")))
-    shutil.copytree(WHOLE, tmp_path / "5")
-    with ocp.CheckpointManager(tmp_path) as mngr:
-        assert mngr.all_steps() == [5]
-        restored = mngr.restore(5, args=ocp.args.Composite(metadata=MetadataRestore()))
-    _check_whole_item(restored["metadata"])
-
-
-def test_only_a_single_document_item_is_saved_without_manifest(tmp_path):
-    _save_steps(tmp_path)
-    names = {item: sorted(p.name for p in (tmp_path / "2" / item).iterdir()) for item in
-             ("meta", "blob")}  # fmt: skip
-    assert names["meta"] == ["commit_success.txt", "process_0.jsonl"]
-    assert names["blob"] == [
-        "commit_success.txt", "item_manifest.jsonl", "process_0.bin", "process_0.jsonl",
-    ]  # fmt: skip
-    for item, whole in (("meta", True), ("blob", False)):
-        doc = json.loads((tmp_path / "2" / item / "process_0.jsonl").read_bytes().split(b"\n")[1])
-        assert doc["save"].get("whole_item") is (True if whole else None)
-
-
-def _resign(path: pathlib.Path, edit) -> None:
-    doc = json.loads(path.read_bytes().split(b"\n", 1)[1])
-    edit(doc)
-    path.write_bytes(dumps_document(doc))
-
-
-def test_a_manifest_beside_a_whole_item_must_list_its_document(tmp_path):
-    _save_steps(tmp_path)
-    shutil.copy(tmp_path / "2" / "blob" / "item_manifest.jsonl", tmp_path / "2" / "meta")
-    with pytest.raises(MetadataCheckpointError, match=r"process_0\.jsonl: not the document"):
-        _restore(tmp_path, 2, "meta")
-
-
-def test_a_document_claiming_to_be_the_whole_item_with_other_files_is_refused(tmp_path):
-    _save_steps(tmp_path)
-    blob = tmp_path / "2" / "blob"
-    (blob / "item_manifest.jsonl").unlink()
-    _resign(blob / "process_0.jsonl", lambda doc: doc["save"].__setitem__("whole_item", True))
-    with pytest.raises(MetadataCheckpointError, match=r"whole item, but it has .* a blob"):
-        _restore(tmp_path, 2, "blob")
-    meta = tmp_path / "2" / "meta" / "process_0.jsonl"
-    global_entry = {"array": {"container": "jax", "dtype": "int32", "shape": [4],
-                              "global": "n0_index"}}  # fmt: skip
-    _resign(meta, lambda doc: doc["nodes"][0]["fields"].__setitem__("index", global_entry))
-    with pytest.raises(MetadataCheckpointError, match=r"whole item, but it names global arr"):
-        _restore(tmp_path, 2, "meta")
-
-
-@pytest.mark.parametrize("value", [False, 1, "yes", None])
-def test_a_malformed_whole_item_flag_is_refused(tmp_path, value):
-    _save_steps(tmp_path)
-    meta = tmp_path / "2" / "meta" / "process_0.jsonl"
-    _resign(meta, lambda doc: doc["save"].__setitem__("whole_item", value))
-    with pytest.raises(MetadataCheckpointError, match=r"item_manifest\.jsonl: missing|'save'"):
-        _restore(tmp_path, 2, "meta")

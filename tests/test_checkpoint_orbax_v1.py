@@ -31,12 +31,8 @@ from datarax.checkpoint.v1_handlers import MetadataHandler, MetadataManagerHandl
 from datarax.checkpoint.v1_registration import v1_typestr
 from datarax.core.metadata import Metadata, MetadataManager
 
-# Format version 2 ties an item's files together in a manifest written at the end of the save;
-# a Metadata item whose document is the whole item (one process, no other file) has none.
-ITEM_FILES = {
-    "data": ["item_manifest.jsonl", "process_0.jsonl"],
-    "batch": ["process_0.jsonl"],
-}
+# Format version 2 ties an item's files together in a manifest written at the end of the save.
+ITEM_FILES = ["item_manifest.jsonl", "process_0.jsonl"]
 SCRIPT = pathlib.Path(__file__).parent / "orbax_v1_sharded_script.py"
 MULTIPROCESS = pathlib.Path(__file__).parent / "orbax_v1_multiprocess_script.py"
 
@@ -79,7 +75,7 @@ def test_v1_save_writes_datarax_documents_and_records_datarax_handlers(tmp_path)
     manager, batch = _advanced_manager(), _batch()
     _save(tmp_path / "1", manager, batch)
     for item, kind in (("data", "MetadataManager"), ("batch", "Metadata")):
-        assert _files(tmp_path / "1" / item) == ITEM_FILES[item]
+        assert _files(tmp_path / "1" / item) == ITEM_FILES
         doc = read_document(tmp_path / "1" / item / "process_0.jsonl")
         assert (doc["kind"], doc["process_index"], doc["process_count"]) == (kind, 0, 1)
     recorded = json.loads((tmp_path / "1" / "_CHECKPOINT_METADATA").read_text())

@@ -162,22 +162,12 @@ _WRITTEN_LOCK = threading.Lock()
 _WRITTEN_KEPT = 256
 
 
-def write_document(
-    path: epath.Path | str, doc: dict[str, Any], *, whole_item: bool = False
-) -> None:
+def write_document(path: epath.Path | str, doc: dict[str, Any]) -> None:
     """Writes one document file. A process document (one with a ``process_index``) without
     a ``save`` entry gets one (see :func:`save_stamp`), naming this save and its step; its
-    size and sha256 are remembered for :func:`written_header` (the manifest needs them).
-
-    Args:
-        path: The file.
-        doc: The document.
-        whole_item: The document is its item's only file (one process, nothing else
-            written): its ``save`` entry says so, and :func:`whole_item_written` tells the
-            manifest writer that the item needs no manifest.
-    """
+    size and sha256 are remembered for :func:`written_header` (the manifest needs them)."""
     if "process_index" in doc and "save" not in doc:
-        doc = stamp(doc, epath.Path(path).parent, whole_item=whole_item)
+        doc = stamp(doc, epath.Path(path).parent)
     data = dumps_document(doc)
     write_bytes(path, data)
     if "process_index" in doc:
@@ -185,39 +175,19 @@ def write_document(
         with _WRITTEN_LOCK:
             if len(_WRITTEN) >= _WRITTEN_KEPT:  # saves that never finalized
                 _WRITTEN.pop(next(iter(_WRITTEN)))
-            _WRITTEN[os.fspath(path)] = {
-                "size": header["size"], "sha256": header["sha256"],
-                "whole_item": is_whole_item(doc),
-            }  # fmt: skip
+            _WRITTEN[os.fspath(path)] = {"size": header["size"], "sha256": header["sha256"]}
 
 
 def written_header(path: epath.Path | str) -> dict[str, Any] | None:
     """``{"size", "sha256"}`` of the document this process wrote at ``path`` (forgotten once
     asked for), or ``None``: then read it from the file."""
     with _WRITTEN_LOCK:
-        known = _WRITTEN.pop(os.fspath(path), None)
-    return None if known is None else {"size": known["size"], "sha256": known["sha256"]}
+        return _WRITTEN.pop(os.fspath(path), None)
 
 
-def whole_item_written(path: epath.Path | str) -> bool | None:
-    """Whether the document this process last wrote at ``path`` is its item's only file
-    (see :func:`write_document`), or ``None`` where this process wrote none there."""
-    with _WRITTEN_LOCK:
-        known = _WRITTEN.get(os.fspath(path))
-    return None if known is None else bool(known["whole_item"])
-
-
-def is_whole_item(doc: dict[str, Any]) -> bool:
-    """Whether a process document says it is its item's only file (no manifest follows)."""
-    save = doc.get("save")
-    return type(save) is dict and save.get("whole_item") is True
-
-
-async def write_document_async(
-    path: epath.Path | str, doc: dict[str, Any], *, whole_item: bool = False
-) -> None:
+async def write_document_async(path: epath.Path | str, doc: dict[str, Any]) -> None:
     """:func:`write_document`, as the coroutine an Orbax commit future runs."""
-    write_document(path, doc, whole_item=whole_item)
+    write_document(path, doc)
 
 
 def process_header(kind: str) -> dict[str, Any]:
@@ -244,25 +214,19 @@ def step_of(item_directory: epath.Path | str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def save_stamp(item_directory: epath.Path | str, *, whole_item: bool = False) -> dict[str, Any]:
+def save_stamp(item_directory: epath.Path | str) -> dict[str, Any]:
     """``{"nonce": <32 hex, random>, "step": <Orbax step or None>}``: ties a process
-    document to one save call and to its step; with ``"whole_item": true`` where the
-    document is its item's only file (see :func:`write_document`)."""
-    out = {"nonce": secrets.token_hex(16), "step": step_of(item_directory)}
-    if whole_item:
-        out["whole_item"] = True
-    return out
+    document to one save call and to its step."""
+    return {"nonce": secrets.token_hex(16), "step": step_of(item_directory)}
 
 
-def stamp(
-    doc: dict[str, Any], item_directory: epath.Path | str, *, whole_item: bool = False
-) -> dict[str, Any]:
+def stamp(doc: dict[str, Any], item_directory: epath.Path | str) -> dict[str, Any]:
     """``doc`` with a ``save`` entry (placed after the process header fields)."""
     out: dict[str, Any] = {}
     for key, value in doc.items():
         out[key] = value
         if key == "process_count":
-            out["save"] = save_stamp(item_directory, whole_item=whole_item)
+            out["save"] = save_stamp(item_directory)
     if "save" not in out:
-        out["save"] = save_stamp(item_directory, whole_item=whole_item)
+        out["save"] = save_stamp(item_directory)
     return out

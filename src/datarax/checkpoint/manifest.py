@@ -4,18 +4,17 @@ Once every process has committed its files, the handler's ``finalize`` (which Or
 on its primary process, after the ``async_write_complete`` barrier of all processes) writes
 the manifest: the number of processes, the step, and for every file of the item its size
 and sha256 (for a process document, the digest its header line gives; for a blob, the one
-its document gives; for Orbax's global-array files, their own). A restore reads its
-document and the manifest, and refuses a document (or array file) that is not the one
-listed: a file copied from another save, step or run. A format-version-2 item without a
-manifest never finished saving, unless its document is the whole item (one process, no
-other file: see :mod:`datarax.checkpoint.save_ties`), which needs none. Version 1 items
-have no manifest and restore as before.
+its document gives; for Orbax's global-array files, their own). A restore reads the
+manifest first and refuses a document (or array file) that is not the one listed: a file
+copied from another save, step or run. A format-version-2 item without a manifest never
+finished saving. Version 1 items have no manifest and restore as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 import jax
@@ -29,19 +28,16 @@ from datarax.checkpoint.documents import (
     blob_file_name,
     damaged,
     dumps_document,
-    is_whole_item,
     local_name,
     parse_document,
     parse_header,
     process_file_name,
     step_of,
-    whole_item_written,
     write_bytes,
     written_header,
 )
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.safe_files import check_relative, read_item_file
-from datarax.checkpoint.save_ties import check_tie, check_whole
 
 ITEM_MANIFEST = "item_manifest.jsonl"
 """Written by ``finalize`` once every process committed (format version 2)."""
@@ -59,16 +55,12 @@ class ItemDocument:
     Attributes:
         doc: The process document.
         where: The file it was read from, for error messages.
-        manifest: The item's manifest (``None`` for a format version 1 item, or a whole
-            item).
-        whole: The document is the whole item (one process, no other file): it has no
-            manifest, and nothing else of the item may be read.
+        manifest: The item's manifest (``None`` for a format version 1 item).
     """
 
     doc: dict[str, Any]
     where: str
     manifest: dict[str, Any] | None
-    whole: bool = False
 
 
 def _header_of(directory: epath.Path, name: str) -> dict[str, Any]:
@@ -91,8 +83,6 @@ def write_item_manifest(directory: epath.Path | str) -> None:
     """
     directory = epath.Path(directory)
     count = jax.process_count()
-    if count == 1 and _whole_item(directory):
-        return
     documents, blobs = {}, {}
     for i in range(count):
         name = process_file_name(i)
@@ -122,16 +112,6 @@ def write_item_manifest(directory: epath.Path | str) -> None:
     os.replace(temporary, final)
 
 
-def _whole_item(directory: epath.Path) -> bool:
-    """Whether the item's only document says it is the whole item (it needs no manifest)."""
-    path = os.path.join(os.fspath(directory), process_file_name(0))
-    known = whole_item_written(path)
-    if known is not None:
-        return known
-    _, doc = parse_document(read_item_file(directory, process_file_name(0)), path)
-    return is_whole_item(doc)
-
-
 def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, str]:
     """The item's manifest, checked, or ``None`` where there is none; and its path."""
     path = os.path.join(os.fspath(directory), ITEM_MANIFEST)
@@ -157,21 +137,6 @@ def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, s
             check_relative(rel, path)
             check_entry(entry, path)
     return manifest, path
-
-
-def _manifest_beside(directory: epath.Path | str, whole: bool) -> tuple[dict[str, Any] | None, str]:
-    """:func:`read_manifest`; for a whole item's document, only where a manifest exists (one
-    ``lstat``): a manifest beside it must then list it."""
-    if whole:
-        path = os.path.join(os.fspath(directory), ITEM_MANIFEST)
-        try:
-            if local_name(directory) is not None:
-                os.lstat(path)
-            elif not epath.Path(path).exists():
-                return None, path
-        except FileNotFoundError:
-            return None, path
-    return read_manifest(directory)
 
 
 def read_item_document(
@@ -200,28 +165,25 @@ def read_item_document(
     """
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
+    manifest, manifest_path = read_manifest(directory)
     name = process_file_name(index)
     path = os.path.join(os.fspath(directory), name)
     try:
         data = read_item_file(directory, name, limit=_FILE_LIMIT)
     except MetadataCheckpointError as e:
-        read_manifest(directory)  # a damaged manifest is reported first
         raise _missing_document(directory, path, index, count, e) from None
-    header, doc = parse_document(data, path)
-    whole = header["format_version"] >= 2 and is_whole_item(doc)
-    manifest, manifest_path = _manifest_beside(directory, whole)
     if manifest is not None and manifest["process_count"] != count:
         raise _count_mismatch(path, manifest["process_count"], count)
-    if manifest is not None:
-        check_tie(directory, doc, header, manifest, path, manifest_path)
-    elif whole:
-        check_whole(directory, doc, path)
-    elif header["format_version"] >= 2:
-        raise MetadataCheckpointError(
-            f"{manifest_path}: missing. An item of format version "
-            f"{header['format_version']} gets its manifest once every process has "
-            "committed, so this save never finished; restore an earlier step."
-        )
+    header, doc = parse_document(data, path)
+    if manifest is None:
+        if header["format_version"] >= 2:
+            raise MetadataCheckpointError(
+                f"{manifest_path}: missing. An item of format version "
+                f"{header['format_version']} gets its manifest once every process has "
+                "committed, so this save never finished; restore an earlier step."
+            )
+    else:
+        _check_tie(directory, doc, header, manifest, path, manifest_path)
     if doc.get("kind") != kind:
         raise MetadataCheckpointError(
             f"{path}: holds a {str(doc.get('kind'))[:40]!r} item, not a {kind!r} item; restore "
@@ -232,7 +194,7 @@ def read_item_document(
         raise _count_mismatch(path, doc.get("process_count"), count)
     if doc.get("process_index") != index:
         raise damaged(path, f"it says process {str(doc.get('process_index'))[:20]}, not {index}")
-    return ItemDocument(doc, path, manifest, whole)
+    return ItemDocument(doc, path, manifest)
 
 
 def read_process_document(
@@ -275,3 +237,46 @@ def _missing_document(
         f"{path}: missing. {directory} holds no datarax checkpoint item, or the item is "
         "incomplete; restore an earlier step."
     )
+
+
+def _check_tie(
+    directory: epath.Path | str,
+    doc: dict[str, Any],
+    header: dict[str, Any],
+    manifest: dict[str, Any],
+    path: str,
+    manifest_path: str,
+) -> None:
+    """The document is the one the manifest lists, and the item is in its step's directory."""
+    name = os.path.basename(path)
+    listed = manifest["documents"].get(name)
+    if listed != {"size": header["size"], "sha256": header["sha256"]}:
+        raise MetadataCheckpointError(
+            f"{path}: not the document {manifest_path} lists for it (its sha256 is "
+            f"{header['sha256'][:16]}..., the manifest's "
+            f"{str((listed or {}).get('sha256'))[:16]}...): the file comes from another save, "
+            "step or run than the rest of the item. Restore an earlier step, or copy whole "
+            "step directories only."
+        )
+    if header["format_version"] >= 2:
+        save = doc.get("save")
+        if (
+            type(save) is not dict
+            or set(save) != {"nonce", "step"}
+            or type(save["nonce"]) is not str
+            or not re.fullmatch(r"[0-9a-f]{32}", save["nonce"])
+            or not (save["step"] is None or type(save["step"]) is int)
+        ):
+            raise damaged(path, "its 'save' entry is missing or malformed")
+        if save["step"] != manifest["step"]:
+            raise MetadataCheckpointError(
+                f"{path}: saved at step {save['step']}, but {manifest_path} says step "
+                f"{manifest['step']}: files from two saves are mixed in this item."
+            )
+    here = step_of(directory)
+    if here is not None and manifest["step"] is not None and here != manifest["step"]:
+        raise MetadataCheckpointError(
+            f"{manifest_path}: the item was saved at step {manifest['step']}, but it is in "
+            f"the directory of step {here} ({path}): it was copied from another step. "
+            f"Restore step {manifest['step']} where it was saved, or an earlier step."
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import os
 import threading
 import warnings
 from typing import Any
@@ -27,7 +26,6 @@ from datarax.checkpoint.codec import (
 )
 from datarax.checkpoint.documents import (
     blob_file_name,
-    damaged,
     local_name,
     parse_document,
     process_file_name,
@@ -64,8 +62,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     fails before Orbax starts; its values are taken at :meth:`async_save`'s entry (the
     ``CheckpointManager.save`` call), and files are written in the commit futures it
     returns. Large host arrays go to a binary file, ``process_<i>.bin``, small ones into
-    the document; ``finalize`` then lists every file in ``item_manifest.jsonl``. A single
-    process's item with neither is its document alone, which says so and needs no manifest.
+    the document; ``finalize`` then lists every file in ``item_manifest.jsonl``.
 
     Examples:
         >>> import tempfile
@@ -140,8 +137,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     def save(self, directory: epath.Path, args: MetadataSave) -> None:
         """Saves synchronously: :meth:`async_save`, then its commit futures, now. Call
         :meth:`finalize` afterwards, as Orbax's checkpointers do; a single process's item
-        without global arrays is complete without it (its manifest, if it needs one, is
-        written now)."""
+        without global arrays is complete without it (its manifest is written now)."""
         run_now(self.async_save(directory, args))
         with self._lock:
             arrays = str(epath.Path(directory)) in self._pending_manifests
@@ -150,9 +146,8 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
 
     def finalize(self, directory: epath.Path) -> None:
         """Finishes Orbax's array files (if any) and writes ``item_manifest.jsonl``, which
-        lists every file of the item (unless the item is its document alone). Orbax calls
-        this on its primary process only, once every process has committed (after its
-        ``async_write_complete`` barrier).
+        lists every file of the item. Orbax calls this on its primary process only, once
+        every process has committed (after its ``async_write_complete`` barrier).
         """
         with self._lock:
             arrays = str(directory) in self._pending_manifests
@@ -173,15 +168,13 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         """
         args = MetadataRestore() if args is None else args
         check_args("MetadataCheckpointHandler", "restore", args, MetadataRestore, "...")
-        read = read_item_document(os.fspath(directory), KIND, "MetadataRestore")
         directory = epath.Path(directory)
+        read = read_item_document(directory, KIND, "MetadataRestore")
         doc, where = read.doc, read.where
         check_document(doc, where)
         target = _NO_TARGET if args.target is None else args.target
         try:
             requests = global_requests(doc, target)
-            if requests and read.whole:
-                raise damaged(where, "it says it is the whole item, but it names global arrays")
             values = self._restore_arrays(directory, requests, read) if requests else {}
             if "blob" not in doc:
                 return decode_item(doc, where, target, values, checked=True)
@@ -251,8 +244,6 @@ def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
     meanwhile (writes and sha256 release the GIL), then its document."""
     doc, parts = encoded.finish(digest=False)
     index = doc["process_index"]
-    # The document alone is the item: it needs no manifest (see documents.write_document).
-    whole = not parts and not encoded.global_arrays and doc["process_count"] == 1
     if parts:
         digest = _hash_pool().submit(blob_sha256, parts)
         path = directory / blob_file_name(index)
@@ -263,7 +254,7 @@ def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
                 for part in parts:
                     f.write(part)
         doc["blob"]["sha256"] = digest.result()
-    write_document(directory / process_file_name(index), doc, whole_item=whole)
+    write_document(directory / process_file_name(index), doc)
 
 
 async def _write_process_async(directory: epath.Path, encoded: EncodedItem) -> None:
