@@ -78,7 +78,7 @@ def _plot_creation(ax: Any, rows: list[list[str]]) -> None:
     ax.barh([i - height / 2 for i in y], fast, height, label="datarax MetadataManager")
     ax.barh([i + height / 2 for i in y], slow, height, label="straightforward baseline")
     for i, (f, s) in enumerate(zip(fast, slow, strict=True)):
-        ratio = f"{f / s:,.0f}x" if f / s >= 10 else f"{f / s:.2g}x"
+        ratio = f"{f / s:,.0f}x" if f / s >= 10 else f"{f / s:.2f}x"
         ax.annotate(ratio, (f, i - height / 2), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=8)  # fmt: skip
     ax.set_yticks(list(y), labels, fontsize=8)
