@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 GUIDES = sorted((DOCS / "guides").glob("*.md"))
 API_PAGES = sorted((DOCS / "api").glob("*.md"))
-PAGE_TIMEOUT_S = 45
+PAGE_TIMEOUT_S = 150  # above the multi-process guide's own 60 s wait for its workers
 
 # An opening fence of three or more backticks, the language `python` (optionally followed by
 # attributes such as title="..."), the body, and a closing fence of the same backticks.

@@ -36,6 +36,7 @@ STREAM = "metadata"
 _FIRST_WINDOW = 8  # keys in a record window after a jump
 _MAX_WINDOW = 1024  # keys in a record window at most
 _MAX_WINDOW_KEYS = 4096  # keys in a window of batches at most (one batch if it is larger)
+_MAX_WINDOW_BATCHES = 16  # batches in a window at most: one output each, compiled per count
 _KEPT = 3  # windows kept per stream
 
 
@@ -122,7 +123,7 @@ class KeyStream:
         of order (from Grain's prefetch threads, which reserve in one order and derive in
         another) find the window another thread derived instead of each deriving their own.
         """
-        per_window = max(1, _MAX_WINDOW_KEYS // step)
+        per_window = max(1, min(_MAX_WINDOW_BATCHES, _MAX_WINDOW_KEYS // step))
         for first, held_step, held_batched, _ in self._windows:
             if held_batched and held_step == step:
                 if (start - first) % step:
