@@ -83,6 +83,14 @@ def test_a_well_formed_sharding_entry_passes_the_schema():
     check_document(_doc_with({**entry, "sharding": SHARDING}), "process_0.jsonl")
 
 
+def test_verify_takes_a_relative_path_to_an_item_with_orbax_arrays(tmp_path):
+    """Orbax refuses a relative checkpoint path; ``verify`` must not report the item that
+    Orbax was asked to read so as damaged."""
+    root = copy_of(FIXTURES, tmp_path)
+    result = run_cli("verify", pathlib.Path(root.name) / "5" / "orbax", cwd=root.parent)
+    assert result.returncode == 0 and "0 problem(s)" in result.stdout, result.stdout
+
+
 def test_verify_checks_a_sharded_item_from_a_process_without_its_devices(tmp_path):
     """``datarax-checkpoint verify`` (one CPU device) decodes every value of the item saved
     over 8 devices, and finds a flipped byte of its ``process_0.bin``."""

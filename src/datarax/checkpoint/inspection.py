@@ -136,7 +136,7 @@ def latest_restorable_step(root: os.PathLike[str] | str) -> int | None:
         ...     print(latest_restorable_step(root))
         None
     """
-    root = epath.Path(root)
+    root = _absolute(root)
     if not root.is_dir():
         raise NotACheckpointError(f"{root}: not a directory.")
     steps, _ = list_steps(root)
@@ -144,6 +144,13 @@ def latest_restorable_step(root: os.PathLike[str] | str) -> int | None:
         if _scan_step(steps[number], number, deep=True, keys=False, progress=None).restorable:
             return number
     return None
+
+
+def _absolute(path: os.PathLike[str] | str) -> epath.Path:
+    """``path``, made absolute where it is a local path: Orbax refuses to restore from a
+    relative one (``Checkpoint path should be absolute``)."""
+    name = os.fspath(path)
+    return epath.Path(name if "://" in name else os.path.abspath(name))
 
 
 def _scan(
@@ -155,7 +162,7 @@ def _scan(
     keys: bool,
     progress: Progress | None,
 ) -> CheckpointReport:
-    path = epath.Path(path)
+    path = _absolute(path)
     layout = detect_layout(path)
     if step is not None and layout != "root":
         raise NotACheckpointError(
