@@ -19,11 +19,10 @@ from typing import Any
 
 from etils import epath
 
-from datarax.checkpoint.documents import damaged, local_name
+from datarax.checkpoint.documents import SHA256_HEX, damaged, local_name
 from datarax.checkpoint.safe_files import check_relative, open_item_file
 
 _OURS = re.compile(r"process_\d+\.(jsonl|bin)|item_manifest\.jsonl(\.tmp-\d+)?|commit_success\.txt")
-_HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
@@ -39,7 +38,7 @@ def check_entry(entry: Any, where: str) -> dict[str, Any]:
         or type(entry["size"]) is not int
         or entry["size"] < 0
         or type(entry["sha256"]) is not str
-        or not _HEX.fullmatch(entry["sha256"])
+        or not SHA256_HEX.fullmatch(entry["sha256"])
     ):
         raise damaged(where, f"malformed file entry {str(entry)[:80]!r}")
     return entry

@@ -37,7 +37,8 @@ MAX_HEADER_BYTES = 4096
 """The longest header line a restore accepts."""
 
 _HEADER_KEYS = {"format", "format_version", "sha256", "size"}
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+"""A sha256 digest as this format writes it: 64 lowercase hex digits."""
 # Orbax names a step directory ``<step>``, ``<prefix>_<step>`` (zero-padded or not), with
 # ``.orbax-checkpoint-tmp[-<n>]`` appended while the step is being written.
 _STEP_DIR = re.compile(r"(?:[^.]*_)?(\d+)(?:\.orbax-checkpoint-tmp(?:-\d+)?)?")
@@ -95,7 +96,7 @@ def parse_header(line: bytes | bytearray, name: str) -> dict[str, Any]:
             name, f"the header gives a size of {str(size)[:20]}, expected 0 to "
             f"{MAX_DOCUMENT_BYTES} (MAX_DOCUMENT_BYTES)"
         )  # fmt: skip
-    if type(digest) is not str or not _HEX64.fullmatch(digest):
+    if type(digest) is not str or not SHA256_HEX.fullmatch(digest):
         raise damaged(name, "the header's sha256 is not 64 lowercase hex digits")
     return header
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from etils import epath
 
+from datarax.checkpoint.documents import local_name
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.item_checks import (
     ItemCheck,
@@ -149,8 +150,8 @@ def latest_restorable_step(root: os.PathLike[str] | str) -> int | None:
 def _absolute(path: os.PathLike[str] | str) -> epath.Path:
     """``path``, made absolute where it is a local path: Orbax refuses to restore from a
     relative one (``Checkpoint path should be absolute``)."""
-    name = os.fspath(path)
-    return epath.Path(name if "://" in name else os.path.abspath(name))
+    local = local_name(os.fspath(path))
+    return epath.Path(path if local is None else os.path.abspath(local))
 
 
 def _scan(

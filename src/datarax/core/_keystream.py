@@ -92,10 +92,11 @@ class KeyStream:
                 return found
             first, count = self._next_window(start, step, batched)
             items: list[jax.Array]  # iterating a key array yields its keys
+            first_count = np.uint32(first & 0xFFFFFFFF)  # a window may start below count 0
             if not batched:
-                items = list(fold_in_range(self.key, np.uint32(first & 0xFFFFFFFF), count))
+                items = list(fold_in_range(self.key, first_count, count))
             else:
-                items = list(fold_in_batches(self.key, np.uint32(first & 0xFFFFFFFF), step, count))
+                items = list(fold_in_batches(self.key, first_count, step, count))
             self._windows = ((first, step, batched, items), *self._windows[: _KEPT - 1])
             return items[(start - first) // step]
 
