@@ -42,13 +42,7 @@ GRAIN_BATCH = 256
 
 def _rate(run: Callable[[int], None], n: int, repeats: int) -> float:
     """Best records/s over ``repeats`` timed runs of ``run(n)``."""
-    run(min(n, 2000))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(n)
-        best = min(best, time.perf_counter() - start)
-    return n / best
+    return _rates([(run, n)], repeats)[0]
 
 
 def _loop(manager: object, read_keys: bool) -> Callable[[int], None]:
