@@ -194,10 +194,11 @@ def test_streams_decoded_together_equal_streams_decoded_one_by_one(data):
     assert _outcome(lambda r: decode_streams(_WHERE, r), rngs) == _outcome(_one_by_one, rngs)
 
 
-def test_keys_decoded_together_are_the_keys_of_their_data():
+@pytest.mark.parametrize("streams", [5, 16, 17, 150])  # one call; one full; a padded last
+def test_keys_decoded_together_are_the_keys_of_their_data(streams):
     entry = {"typed": True, "impl": "threefry2x32", "key_shape": [], "count_shape": [],
              "count": [0]}  # fmt: skip
-    rngs = {f"s{i}": {**entry, "key_data": [i, 2 * i + 1]} for i in range(150)}  # 3 chunks
+    rngs = {f"s{i}": {**entry, "key_data": [i, 2 * i + 1]} for i in range(streams)}
     streams = decode_streams(_WHERE, rngs)
     assert list(streams) == list(rngs)
     for i, s in enumerate(streams.values()):

@@ -170,6 +170,21 @@ def _host_wrapper(impl: str) -> Callable[[np.ndarray], jax.Array]:
     return jax.jit(functools.partial(jax.random.wrap_key_data, impl=impl))
 
 
+@functools.cache
+def _rows_wrapper(impl: str) -> Callable[[np.ndarray], tuple[jax.Array, ...]]:
+    def wrap_rows(data: jax.Array) -> tuple[jax.Array, ...]:
+        return tuple(jax.random.wrap_key_data(row, impl=impl) for row in data)
+
+    return jax.jit(wrap_rows)
+
+
+KEYS_PER_CALL = 16
+"""The most keys :func:`wrap_keys` builds in one call. Its jitted function returns one
+output per key, and compiles once per impl, key shape and number of keys up to this many
+(more keys are wrapped this many at a time, the last call padded), each on the first
+restore of its kind: one output costs about 2 µs, against 5 µs for a dispatch of its own."""
+
+
 def wrap_key(data: Any, impl: str, where: str) -> jax.Array:
     """``jax.random.wrap_key_data(data, impl=impl)``, a failure reported as a checkpoint error.
 
@@ -182,7 +197,34 @@ def wrap_key(data: Any, impl: str, where: str) -> jax.Array:
         key: jax.Array = jax.random.wrap_key_data(data, impl=impl)  # jax leaves it unannotated
         return key
     except (TypeError, ValueError) as e:
-        raise MetadataCheckpointError(
-            f"{where}: cannot rebuild a key of impl {impl!r} from data of shape "
-            f"{np.shape(data)} ({e})."
-        ) from e
+        raise _unwrappable(data, impl, where, e) from e
+
+
+def wrap_keys(data: np.ndarray, impl: str, where: str) -> list[jax.Array]:
+    """The keys of ``data[0]``, ``data[1]``, ...: ``wrap_key`` of each row, in one jitted
+    call per :data:`KEYS_PER_CALL` rows.
+
+    Examples:
+        >>> import numpy as np
+        >>> from datarax.checkpoint.arrays import wrap_keys
+        >>> keys = wrap_keys(np.array([[0, 1], [0, 2]], np.uint32), "threefry2x32", "doc")
+        >>> [k.shape for k in keys], [int(jax.random.key_data(k)[1]) for k in keys]
+        ([(), ()], [1, 2])
+    """
+    wrapper = _rows_wrapper(impl)
+    keys: list[jax.Array] = []
+    try:
+        for start in range(0, len(data), KEYS_PER_CALL):
+            rows = data[start : start + KEYS_PER_CALL]
+            if start and len(rows) < KEYS_PER_CALL:  # padded: one compilation, however many
+                rows = np.concatenate([rows, np.zeros_like(data[: KEYS_PER_CALL - len(rows)])])
+            keys.extend(wrapper(rows)[: len(data) - start])
+    except (TypeError, ValueError) as e:
+        raise _unwrappable(data[0] if len(data) else data, impl, where, e) from e
+    return keys
+
+
+def _unwrappable(data: Any, impl: str, where: str, e: Exception) -> MetadataCheckpointError:
+    return MetadataCheckpointError(
+        f"{where}: cannot rebuild a key of impl {impl!r} from data of shape {np.shape(data)} ({e})."
+    )

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import operator
-from itertools import chain, islice
+from itertools import chain
 from typing import Any
 
 import jax
 import numpy as np
 
-from datarax.checkpoint.arrays import wrap_key
+from datarax.checkpoint.arrays import wrap_key, wrap_keys
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.manager_fields import (
     STREAM_FIELDS,
@@ -35,13 +35,6 @@ _PRIVATE = operator.methodcaller("startswith", "_")
 _TOGETHER_MIN = 4
 """Streams decoded by columns from this many on (below, the columns cost more than they
 save)."""
-
-_CHUNK = 16
-"""Streams of one form whose keys are wrapped in one call, from this many on and in
-chunks of this many (the last padded). Iterating a key array makes JAX unstack it, which
-compiles once per chunk shape: a fixed chunk compiles once per impl and key shape (about
-0.1 s, on the first restore in a process), however many streams; 16 keys per call cost
-half the dispatches of one call per key, and longer chunks compile for much longer."""
 
 _Form = tuple[bool, str | None, tuple[int, ...], int, tuple[int, ...], int]
 """A stream's typed, impl, key shape, key data length, count shape and count length."""
@@ -185,13 +178,4 @@ def _keys(data: np.ndarray, typed: bool, impl: str | None, where: str) -> list[A
     if not typed:
         return [jax.numpy.asarray(d) for d in data]
     assert impl is not None  # a typed form's impl is a str (checked)
-    if len(data) < _CHUNK:
-        return [wrap_key(d, impl, where) for d in data]
-    keys: list[Any] = []
-    for start in range(0, len(data), _CHUNK):
-        part = data[start : start + _CHUNK]
-        used = len(part)
-        if used < _CHUNK:
-            part = np.concatenate([part, np.zeros((_CHUNK - used, *part.shape[1:]), part.dtype)])
-        keys.extend(islice(wrap_key(part, impl, where), used))
-    return keys
+    return wrap_keys(data, impl, where)
