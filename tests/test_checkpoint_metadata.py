@@ -383,3 +383,20 @@ def test_an_item_made_unsavable_after_its_args_were_built_fails_at_the_save_call
     assert restored["meta"] == Metadata(index=2)
     written = pathlib.Path(tmp_path).rglob("process_*")
     assert [p.relative_to(tmp_path).parts[0] for p in written] == ["2"]
+
+
+@pytest.mark.parametrize("error", [KeyError, TypeError, AttributeError])
+def test_a_bug_in_decoding_is_not_reported_as_a_damaged_file(tmp_path, monkeypatch, error):
+    # The document is checked (checksum, then schema) before it is decoded; an error while
+    # decoding a checked document is a bug of this library, and must surface as itself.
+    from datarax.checkpoint import metadata_handler
+
+    handler = MetadataCheckpointHandler()
+    handler.save(epath.Path(tmp_path), MetadataSave(ITEMS["ints_and_record_key"]()))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise error("a bug")
+
+    monkeypatch.setattr(metadata_handler, "decode_item", broken)
+    with pytest.raises(error, match="a bug"):
+        handler.restore(epath.Path(tmp_path), MetadataRestore())

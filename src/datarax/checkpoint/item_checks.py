@@ -145,19 +145,9 @@ def _check_manager(doc: dict[str, Any], where: str, problems: list[Problem]) -> 
 
 
 def _check_metadata(directory: epath.Path, result: ItemCheck) -> None:
-    """Decodes each process's Metadata document; the global arrays, shared by all
-    processes, are restored once through the handler's Orbax path."""
-    first = min(result.documents)
-    where = f"{directory}/process_{first}.jsonl"
-    try:
-        requests = global_requests(result.documents[first])
-        values = restore_global_arrays(directory, requests) if requests else {}
-    except MetadataCheckpointError as e:
-        result.problems.append(_error(str(directory), e))
-        return
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        result.problems.append(Problem(where, f"{where}: malformed Metadata document ({e!r})."))
-        return
+    """Checks each process's Metadata document, then decodes it; the global arrays, shared
+    by all processes, are restored once through the handler's Orbax path."""
+    checked: dict[int, dict[str, Any]] = {}
     for index, doc in result.documents.items():
         where = f"{directory}/process_{index}.jsonl"
         if doc.get("structure") is None and isinstance(doc.get("nodes"), list):
@@ -165,13 +155,25 @@ def _check_metadata(directory: epath.Path, result: ItemCheck) -> None:
             paths = [{"metadata": node.get("path")} for node in doc["nodes"]]
             doc = {**doc, "structure": {"list": paths}}
         try:
+            check_document(doc, where)
+            checked[index] = doc
+        except MetadataCheckpointError as e:
+            result.problems.append(_error(where, e))
+    if not checked:
+        return
+    try:
+        requests = global_requests(checked[min(checked)])
+        values = restore_global_arrays(directory, requests) if requests else {}
+    except MetadataCheckpointError as e:
+        result.problems.append(_error(str(directory), e))
+        return
+    for index, doc in checked.items():
+        where = f"{directory}/process_{index}.jsonl"
+        try:  # on this process's default device
             blob = read_blob(directory, doc) if "blob" in doc else None
-            check_document(doc, where)  # then on this process's default device:
             decode_item(without_shardings(doc), where, global_values=values, blob=blob)
         except MetadataCheckpointError as e:
             result.problems.append(_error(where, e))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            result.problems.append(Problem(where, f"{where}: malformed Metadata document ({e!r})."))
 
 
 def restore_global_arrays(directory: epath.Path, requests: dict[str, Any]) -> dict[str, Any]:

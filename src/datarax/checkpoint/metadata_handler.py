@@ -173,19 +173,16 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         doc, where = read.doc, read.where
         check_document(doc, where)
         target = _NO_TARGET if args.target is None else args.target
-        try:
-            requests = global_requests(doc, target)
-            values = self._restore_arrays(directory, requests, read) if requests else {}
-            if "blob" not in doc:
-                return decode_item(doc, where, target, values, checked=True)
-            blob, digest = _read_blob(directory, doc)
-            # The arrays are built while the blob is hashed (hashlib releases the GIL); they
-            # are returned only once the digest matched.
-            restored = decode_item(doc, where, target, values, blob, checked=True)
-            _check_blob(directory, doc, digest.result())
-            return restored
-        except (KeyError, TypeError, AttributeError) as e:
-            raise MetadataCheckpointError(f"{where}: malformed Metadata document ({e!r}).") from e
+        requests = global_requests(doc, target)
+        values = self._restore_arrays(directory, requests, read) if requests else {}
+        if "blob" not in doc:
+            return decode_item(doc, where, target, values, checked=True)
+        blob, digest = _read_blob(directory, doc)
+        # The arrays are built while the blob is hashed (hashlib releases the GIL); they
+        # are returned only once the digest matched.
+        restored = decode_item(doc, where, target, values, blob, checked=True)
+        _check_blob(directory, doc, digest.result())
+        return restored
 
     def _restore_arrays(
         self, directory: epath.Path, requests: dict[str, Any], read: ItemDocument | None = None
