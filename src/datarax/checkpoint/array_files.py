@@ -44,33 +44,43 @@ def check_entry(entry: Any, where: str) -> dict[str, Any]:
     return entry
 
 
-def hash_files(directory: epath.Path | str, exclude: set[str] | None = None) -> dict[str, Any]:
+def hash_files(directory: epath.Path | str) -> dict[str, Any]:
     """Size and sha256 of every file under ``directory`` (recursively), by relative path,
-    except this format's own files (documents, blobs, manifests), Orbax's
-    ``commit_success.txt`` and top-level
-    names in ``exclude``: the files Orbax wrote for the item's global arrays."""
-    directory = epath.Path(directory)
-    files = []
-    pending = [(directory, "")]
-    while pending:  # epath has no rglob (it would be costly on cloud storage)
-        folder, prefix = pending.pop()
-        for path in folder.iterdir():
-            rel = prefix + path.name
-            if not prefix and (rel in (exclude or ()) or _OURS.fullmatch(rel)):
-                continue
-            if path.is_dir():
-                pending.append((path, rel + "/"))
-            else:
-                files.append((rel, path))
+    except this format's own files (documents, blobs, manifests) and Orbax's
+    ``commit_success.txt``: the files Orbax wrote for the item's global arrays."""
+    files = [
+        (rel, path) for rel, path in _walk(directory) if not _OURS.fullmatch(rel.split("/", 1)[0])
+    ]
 
-    def entry(path: epath.Path) -> dict[str, Any]:
+    def entry(path: str) -> dict[str, Any]:
         local = local_name(path)
-        with open(local, "rb", buffering=0) if local else path.open("rb") as f:
+        with open(local, "rb", buffering=0) if local else epath.Path(path).open("rb") as f:
             size, digest = _sha256(f)
         return {"size": size, "sha256": digest}
 
     entries = _in_parallel(entry, [path for _, path in files])
     return dict(sorted(zip([rel for rel, _ in files], entries, strict=True)))
+
+
+def _walk(directory: epath.Path | str) -> list[tuple[str, str]]:
+    """``(relative path, path)`` of every file under ``directory``, recursively: through
+    ``os.scandir`` on a local disk, through epath (which has no rglob: it would be costly on
+    cloud storage) elsewhere."""
+    root, found = os.fspath(directory), []
+    pending = [(root, "")]
+    while pending:
+        folder, prefix = pending.pop()
+        if local_name(folder) is None:
+            listing = [(p.name, os.fspath(p), p.is_dir()) for p in epath.Path(folder).iterdir()]
+        else:
+            with os.scandir(folder) as entries:
+                listing = [(e.name, e.path, e.is_dir()) for e in entries]
+        for name, path, is_dir in listing:
+            if is_dir:
+                pending.append((path, f"{prefix}{name}/"))
+            else:
+                found.append((prefix + name, path))
+    return found
 
 
 def _sha256(f: Any) -> tuple[int, str]:

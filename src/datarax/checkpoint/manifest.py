@@ -91,7 +91,8 @@ def write_item_manifest(directory: epath.Path | str) -> None:
             header = _header_of(directory, name)
             known = {"size": header["size"], "sha256": header["sha256"]}
         documents[name] = known
-    names = {path.name for path in directory.iterdir()}
+    local = local_name(directory)
+    names = set(os.listdir(local)) if local else {path.name for path in directory.iterdir()}
     for i in range(count):
         if blob_file_name(i) in names:  # its digest is in the document: no need to reread it
             path = os.path.join(os.fspath(directory), process_file_name(i))
