@@ -16,6 +16,7 @@ import numpy as np
 
 from datarax.core._keys import encode_key_bytes
 from datarax.core._record import RecordMetadata
+from datarax.core._rng import fold_in_each
 
 _INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
 _STR_TYPES = {str, np.str_}
@@ -67,8 +68,7 @@ def check_fits(state: dict[str, Any], shard_id: int | None, n: int) -> None:
 def stream_keys(key: Any, count: Any, n: int) -> jax.Array:
     """``fold_in(key, count + i)`` for ``i < n``, stacked: what ``n`` calls of an
     ``nnx.RngStream`` holding ``key`` and ``count`` return, for any key shape, traced or not."""
-    steps = jnp.arange(n, dtype=jnp.uint32)
-    return jax.vmap(lambda i: jax.random.fold_in(key, count + i))(steps)
+    return fold_in_each(key, count + jnp.arange(n, dtype=jnp.uint32))
 
 
 def build_batch(
