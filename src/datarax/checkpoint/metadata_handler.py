@@ -179,8 +179,13 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             return decode_item(doc, where, target, values, checked=True)
         blob, digest = _read_blob(directory, doc)
         # The arrays are built while the blob is hashed (hashlib releases the GIL); they
-        # are returned only once the digest matched.
-        restored = decode_item(doc, where, target, values, blob, checked=True)
+        # are returned only once the digest matched. Where building them fails, a damaged
+        # blob is the cause to report, not the bad value it decoded to.
+        try:
+            restored = decode_item(doc, where, target, values, blob, checked=True)
+        except Exception:
+            _check_blob(directory, doc, digest.result())
+            raise
         _check_blob(directory, doc, digest.result())
         return restored
 
