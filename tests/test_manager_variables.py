@@ -123,3 +123,38 @@ def test_a_plain_jit_closure_is_refused_and_changes_nothing(create):
     after = read_position(manager)
     assert after.state == before.state
     assert int(after.streams["metadata"].count) == int(before.streams["metadata"].count) == 1
+
+
+class _Logged(nnx.Variable):
+    """Flax's replacement for hooks: a Variable type that overrides get_value/set_value."""
+
+    def get_value(self, **kwargs):
+        self.get_metadata("log").append("get")
+        return super().get_value(**kwargs)
+
+    def set_value(self, value, **kwargs):
+        self.get_metadata("log").append("set")
+        return super().set_value(value, **kwargs)
+
+
+def test_a_variable_type_overriding_get_and_set_value_sees_every_read_and_write(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from datarax.checkpoint import MetadataManagerSave
+
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=3))
+    log: list[str] = []
+    manager.state = _Logged(manager.state.get_value(), log=log)
+    twin = MetadataManager(rngs=nnx.Rngs(metadata=3))
+    records, batch = _create(manager)
+    expected, expected_batch = _create(twin)
+    assert [r.index for r in records] == [e.index for e in expected] == [0, 1, 2]
+    np.testing.assert_array_equal(batch.index, expected_batch.index)
+    assert log.count("set") == 4  # 3 records and 1 batch, each through set_value
+    reads = log.count("get")
+    assert reads >= 4
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(1, args=ocp.args.Composite(data=MetadataManagerSave(manager)))
+        mngr.wait_until_finished()
+        assert log.count("get") > reads  # the snapshot read it through get_value
+        assert mngr.restore(1)["data"].state.get_value() == twin.state.get_value()
