@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax.numpy as jnp
@@ -115,6 +116,12 @@ class MetadataManager(nnx.Module):
                 "batch_idx": 0 if track_batches else None,
             }
         )
+
+    # nnx.Module's metaclass defines __call__(*args, **kwargs), which inspect.signature would
+    # show for the class: show the constructor's own (the documented one) instead.
+    __signature__ = inspect.signature(__init__).replace(
+        parameters=list(inspect.signature(__init__).parameters.values())[1:]
+    )
 
     def create_metadata(
         self, record_key: Any, source_info: dict[str, Any] | None = None
