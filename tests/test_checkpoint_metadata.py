@@ -366,6 +366,16 @@ def test_a_batch_from_create_batch_metadata_is_refused_naming_the_conversion(tmp
         record_to_metadata(manager.create_batch_metadata([1, 2]))
 
 
+def test_a_manager_given_to_metadata_save_is_refused_naming_manager_save():
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
+    for item in (manager, {"data": manager}):
+        with pytest.raises(
+            MetadataCheckpointError,
+            match=r"found MetadataManager\. .*MetadataManagerSave\(manager\)",
+        ):
+            MetadataSave(item)
+
+
 def test_an_item_made_unsavable_after_its_args_were_built_fails_at_the_save_call(tmp_path):
     info = {"files": ["a"]}
     args = MetadataSave(Metadata(index=1, source_info=info))
