@@ -21,6 +21,9 @@ HOOKS = ("on_get_value", "on_set_value")
 
 _GET_VALUE = nnx.Variable.get_value
 _SET_VALUE = nnx.Variable.set_value
+_PLAIN_TYPES: set[type] = set()
+"""Variable types seen not to override ``get_value``/``set_value`` (a set lookup costs a
+record less than the two attribute lookups)."""
 
 
 def has_hooks(variable: nnx.Variable[Any]) -> bool:
@@ -28,8 +31,10 @@ def has_hooks(variable: nnx.Variable[Any]) -> bool:
     Variable type that overrides ``get_value`` or ``set_value`` (what Flax recommends in
     place of hooks): either way, its reads and writes must go through those methods."""
     cls = type(variable)
-    if cls.get_value is not _GET_VALUE or cls.set_value is not _SET_VALUE:
-        return True
+    if cls not in _PLAIN_TYPES:
+        if cls.get_value is not _GET_VALUE or cls.set_value is not _SET_VALUE:
+            return True
+        _PLAIN_TYPES.add(cls)
     metadata = variable.get_metadata()
     return "on_get_value" in metadata or "on_set_value" in metadata
 
