@@ -43,6 +43,7 @@ from datarax.checkpoint.manifest import (
 )
 from datarax.checkpoint.metadata_schema import check_document
 from datarax.checkpoint.safe_files import read_item_file
+from datarax.checkpoint.shardings import missing_devices_note
 from datarax.checkpoint.sync_save import run_now
 
 
@@ -215,9 +216,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                     directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
                 )
         except Exception as e:  # Orbax and tensorstore raise many types; report them alike
+            unsharded = [name for name, (_, _, sharding) in requests.items() if sharding is None]
+            note = missing_devices_note(self._arrays, directory, unsharded) if unsharded else ""
             raise MetadataCheckpointError(
                 f"{directory}: Orbax could not restore the item's global arrays "
-                f"({type(e).__name__}: {e})."
+                f"({type(e).__name__}: {e}).{note}"
             ) from e
         for name, (dtype, shape, _) in requests.items():
             value = values.get(name)
