@@ -132,6 +132,16 @@ ITEMS = {
 _PRISTINE: dict[str, pathlib.Path] = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _remove_pristine_items():
+    """The saved items are shared by this module's tests (hypothesis's too): removed once
+    they have all run, so that no directory is left behind."""
+    yield
+    for path in _PRISTINE.values():
+        shutil.rmtree(path)
+    _PRISTINE.clear()
+
+
 def _pristine(kind: str) -> pathlib.Path:
     """A saved item, written once per test session and copied before each damage."""
     if kind not in _PRISTINE:
