@@ -357,7 +357,8 @@ class MetadataRestore(ocp.args.CheckpointArgs):
         target: Optional pytree shaped like the saved item. Its containers are reused, each
             field must be held like the saved one (int, array of the same dtype and shape,
             key of the same impl), and array fields come back in the target leaf's
-            container and sharding (a ``jax.ShapeDtypeStruct`` with a sharding will do).
+            container and sharding (a ``jax.ShapeDtypeStruct`` with a sharding will do;
+            ``jax.eval_shape`` of the item too, its int fields restored as the ints saved).
             Without it the item is rebuilt from the checkpoint alone.
 
     Examples:
