@@ -132,6 +132,16 @@ ITEMS = {
 _PRISTINE: dict[str, pathlib.Path] = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _remove_pristine_items():
+    """The saved items are shared by this module's tests (hypothesis's too): removed once
+    they have all run, so that no directory is left behind."""
+    yield
+    for path in _PRISTINE.values():
+        shutil.rmtree(path)
+    _PRISTINE.clear()
+
+
 def _pristine(kind: str) -> pathlib.Path:
     """A saved item, written once per test session and copied before each damage."""
     if kind not in _PRISTINE:
@@ -186,6 +196,24 @@ def test_damage_anywhere_is_an_error(kind, file_index, how, position, mask):
     _check_damage(kind, file_index, how, position, mask)
 
 
+@pytest.mark.parametrize("kind", sorted(ITEMS))
+@pytest.mark.parametrize("where", ["start", "inside the header", "end of the header"])
+def test_a_byte_inserted_into_a_header_is_an_error_naming_the_file(kind, where):
+    """JSON would read a header with a space added as the same header: each file must be
+    byte for byte what the handler wrote."""
+    pristine = _pristine(kind)
+    for rel in sorted(p.relative_to(pristine) for p in pristine.rglob("*.jsonl")):
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = pathlib.Path(tmp) / "item"
+            shutil.copytree(pristine, copy)
+            data = (copy / rel).read_bytes()
+            at = {"start": 0, "inside the header": data.index(b","), "end of the header": None}
+            i = data.index(b"\n") if at[where] is None else at[where]
+            (copy / rel).write_bytes(data[:i] + b" " + data[i:])
+            with pytest.raises(MetadataCheckpointError, match=rel.name):
+                ITEMS[kind][1](epath.Path(copy))
+
+
 def test_a_missing_item_is_an_error(tmp_path):
     with pytest.raises(MetadataCheckpointError, match="holds no datarax checkpoint item"):
         _restore_manager(epath.Path(tmp_path))
@@ -213,6 +241,22 @@ def test_a_damaged_or_swapped_blob_is_an_error_naming_it(tmp_path, records, how)
         shutil.copy(tmp_path / "b" / "process_0.bin", blob)
     with pytest.raises(MetadataCheckpointError, match=r"process_0\.bin"):
         _restore_metadata(epath.Path(tmp_path / "a"))
+
+
+@pytest.mark.parametrize("records", [2_000, 200_000])  # hashed inline, hashed in background
+def test_a_blob_damaged_where_decoding_fails_is_reported_as_the_blob_s_damage(tmp_path, records):
+    """A changed byte of a record key in the blob makes the key invalid UTF-8: the error
+    must still say that the blob is damaged, not that the document holds a bad Metadata."""
+    keys = np.array([f"k{i}" for i in range(records)])
+    item = Metadata(index=np.arange(records) * 7 % 5, key=keys)
+    MetadataCheckpointHandler().save(epath.Path(tmp_path), MetadataSave(item))
+    blob = tmp_path / "process_0.bin"
+    data = bytearray(blob.read_bytes())
+    at = data.find(b"k1\x00")
+    data[at + 1] ^= 0x80  # "1" becomes a lone UTF-8 continuation byte
+    blob.write_bytes(bytes(data))
+    with pytest.raises(MetadataCheckpointError, match=r"process_0\.bin: its sha256 differs"):
+        _restore_metadata(epath.Path(tmp_path))
 
 
 # --- reading an item's files ------------------------------------------------------------------

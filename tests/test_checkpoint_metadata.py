@@ -81,6 +81,35 @@ def test_handler_round_trip_without_and_with_target(tmp_path, name):
     assert_exact(handler.restore(directory), item)
 
 
+def test_a_target_from_jax_eval_shape_restores_the_saved_item(tmp_path):
+    """Orbax's abstract-target habit: ``jax.eval_shape`` of the item turns its Python ints
+    into weakly typed int32 ShapeDtypeStructs; they restore as the ints saved, the arrays
+    as JAX arrays (the target's container)."""
+    item = {
+        "a": Metadata(
+            index=np.arange(4, dtype=np.int32),
+            epoch=2,
+            global_step=2**30,
+            rng_key=jax.random.key(3),
+            key="k",
+        ),
+        "b": [Metadata(batch_idx=7, source_info={"s": (1,)})],
+    }
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(1, args=ocp.args.Composite(x=MetadataSave(item)))
+        mngr.wait_until_finished()
+        abstract = jax.eval_shape(lambda: item)
+        restored = mngr.restore(1, args=ocp.args.Composite(x=MetadataRestore(abstract)))["x"]
+    expected = {"a": item["a"].replace(index=jax.numpy.asarray(item["a"].index)), "b": item["b"]}
+    assert_exact(restored, expected)
+    assert type(restored["a"].global_step) is int and restored["a"].global_step == 2**30
+    with pytest.raises(MetadataCheckpointError, match=r"saved a Python int, the target has"):
+        concrete = jax.tree.map(lambda x: jax.numpy.int32(0) if type(x) is int else x, item)
+        MetadataCheckpointHandler().restore(
+            epath.Path(tmp_path) / "1" / "x", MetadataRestore(concrete)
+        )
+
+
 @pytest.mark.parametrize("name", ["nested", "source_info", "typed_rbg"])
 def test_round_trip_through_checkpoint_manager(tmp_path, name):
     item = ITEMS[name]()
@@ -364,6 +393,16 @@ def test_a_batch_from_create_batch_metadata_is_refused_naming_the_conversion(tmp
     ]
     with pytest.raises(MetadataCheckpointError, match=r"holds str record keys only"):
         record_to_metadata(manager.create_batch_metadata([1, 2]))
+
+
+def test_a_manager_given_to_metadata_save_is_refused_naming_manager_save():
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=0))
+    for item in (manager, {"data": manager}):
+        with pytest.raises(
+            MetadataCheckpointError,
+            match=r"found MetadataManager\. .*MetadataManagerSave\(manager\)",
+        ):
+            MetadataSave(item)
 
 
 def test_an_item_made_unsavable_after_its_args_were_built_fails_at_the_save_call(tmp_path):

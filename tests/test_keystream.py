@@ -39,3 +39,41 @@ def test_a_record_between_batches_moves_the_grid():
         np.testing.assert_array_equal(got, _expected(key, start, 256))
     assert stream.get(512) is not None
     np.testing.assert_array_equal(jax.random.key_data(stream.get(512)), _expected(key, 512, 1)[0])
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_every_key_impl_gets_fold_in_s_keys_in_any_window(impl):
+    """``unsafe_rbg``'s ``fold_in`` gives other bits under ``vmap``: a window must still
+    hold exactly what one ``fold_in`` per count returns, whatever its start and size."""
+    key = jax.random.key(9, impl=impl)
+    for start in (0, 3, 1000):
+        for size in (1, 8, 40):
+            got = jax.random.key_data(KeyStream(key).derive_batch(start, size))
+            np.testing.assert_array_equal(got, _expected(key, start, size))
+    stream = KeyStream(key)
+    for count in (0, 1, 2, 3, 17, 5):  # records: windows that continue and jump
+        np.testing.assert_array_equal(
+            jax.random.key_data(stream.get(count)), _expected(key, count, 1)[0]
+        )
+
+
+@pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
+def test_a_manager_s_records_and_batches_equal_stream_calls_for_every_impl(impl):
+    from flax import nnx
+
+    from datarax.core.metadata import MetadataManager
+
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=jax.random.key(4, impl=impl)))
+    stream = nnx.Rngs(metadata=jax.random.key(4, impl=impl)).metadata
+    got = [manager.create_metadata(i).rng_key for i in range(5)]
+    got += list(manager.create_batch_metadata(list(range(7))).rng_key)
+
+    @nnx.jit
+    def in_jit(m):  # the generic path: counters and counts are traced
+        return m.create_batch_metadata([1, 2, 3]).rng_key
+
+    got += list(in_jit(manager))
+    for i, key in enumerate(got):
+        np.testing.assert_array_equal(
+            jax.random.key_data(key), jax.random.key_data(stream()), err_msg=f"key {i}"
+        )

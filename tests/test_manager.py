@@ -24,6 +24,20 @@ def test_initial_state_follows_the_seed():
     assert isinstance(m.state, nnx.Variable)
 
 
+def test_inspect_shows_the_seed_signature():
+    """nnx.Module's metaclass hides ``__init__`` behind ``(*args, **kwargs)``; the seed's
+    constructor signature is what ``inspect.signature`` must show."""
+    import inspect
+
+    assert str(inspect.signature(MetadataManager)) == (
+        "(*, rngs: 'nnx.Rngs | None' = None, initial_epoch: 'int' = 0, initial_step: 'int' = 0, "
+        "track_batches: 'bool' = False, shard_id: 'int | None' = None) -> 'None'"
+    )
+    assert str(inspect.signature(MetadataManager.create_metadata)) == (
+        "(self, record_key: 'Any', source_info: 'dict[str, Any] | None' = None) -> 'RecordMetadata'"
+    )
+
+
 def test_create_metadata_returns_current_counters_then_advances():
     m = MetadataManager(initial_epoch=1, initial_step=10, track_batches=True, shard_id=2)
     first = m.create_metadata("a", source_info={"f": 1})
@@ -64,7 +78,7 @@ def test_only_the_metadata_stream_is_used():
 
 
 reads = st.lists(st.integers(0, 199), max_size=30)
-impls = st.sampled_from(["threefry2x32", "rbg"])
+impls = st.sampled_from(["threefry2x32", "rbg", "unsafe_rbg"])
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(1, 200), reads, impls)

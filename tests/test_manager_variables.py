@@ -123,3 +123,64 @@ def test_a_plain_jit_closure_is_refused_and_changes_nothing(create):
     after = read_position(manager)
     assert after.state == before.state
     assert int(after.streams["metadata"].count) == int(before.streams["metadata"].count) == 1
+
+
+class _Logged(nnx.Variable):
+    """Flax's replacement for hooks: a Variable type that overrides get_value/set_value."""
+
+    def get_value(self, **kwargs):
+        self.get_metadata("log").append("get")
+        return super().get_value(**kwargs)
+
+    def set_value(self, value, **kwargs):
+        self.get_metadata("log").append("set")
+        return super().set_value(value, **kwargs)
+
+
+def test_a_variable_type_overriding_get_and_set_value_sees_every_read_and_write(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from datarax.checkpoint import MetadataManagerSave
+
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=3))
+    log: list[str] = []
+    manager.state = _Logged(manager.state.get_value(), log=log)
+    twin = MetadataManager(rngs=nnx.Rngs(metadata=3))
+    records, batch = _create(manager)
+    expected, expected_batch = _create(twin)
+    assert [r.index for r in records] == [e.index for e in expected] == [0, 1, 2]
+    np.testing.assert_array_equal(batch.index, expected_batch.index)
+    assert log.count("set") == 4  # 3 records and 1 batch, each through set_value
+    reads = log.count("get")
+    assert reads >= 4
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(1, args=ocp.args.Composite(data=MetadataManagerSave(manager)))
+        mngr.wait_until_finished()
+        assert log.count("get") > reads  # the snapshot read it through get_value
+        assert mngr.restore(1)["data"].state.get_value() == twin.state.get_value()
+
+
+def test_a_batch_of_jax_array_keys_concrete_or_traced_behaves_like_records():
+    """Record keys computed by JAX (a sampler's indices): concrete, the batch holds them as
+    NumPy; traced (inside nnx.scan), as the traced array, just as records hold them."""
+    manager = MetadataManager(rngs=nnx.Rngs(metadata=4), track_batches=True)
+    twin = MetadataManager(rngs=nnx.Rngs(metadata=4), track_batches=True)
+    concrete = manager.create_batch_metadata(jax.numpy.arange(3, dtype=jax.numpy.int32) + 7)
+    assert type(concrete.record_key) is np.ndarray
+    assert concrete.record_key.tolist() == [7, 8, 9]
+    expected_keys = twin.create_batch_metadata([7, 8, 9]).rng_key
+    np.testing.assert_array_equal(kd(concrete.rng_key), kd(expected_keys))
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def batches(m, ids):
+        return m, m.create_batch_metadata(ids)
+
+    ids = jax.numpy.arange(6, dtype=jax.numpy.int32).reshape(2, 3) * 5
+    _, got = batches(manager, ids)
+    for i, expected in enumerate(twin.create_metadata(int(k)) for k in ids.reshape(-1)):
+        b, j = divmod(i, 3)
+        assert int(got.record_key[b, j]) == expected.record_key
+        assert int(got.index[b, j]) == expected.index
+        np.testing.assert_array_equal(kd(got.rng_key[b, j]), kd(expected.rng_key))
+    with pytest.raises(TypeError, match="float32"):
+        manager.create_batch_metadata(jax.numpy.zeros(2))

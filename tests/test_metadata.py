@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from datarax.core._keys import ABSTRACT_KEY
 from datarax.core.metadata import MAX_KEY_LENGTH, Metadata
 
 counters = st.integers(min_value=0, max_value=2**31 - 1)
@@ -296,6 +297,17 @@ def test_a_batched_metadata_has_a_repr_and_a_dict_that_round_trips():
     encoded = Metadata(_encoded_key=m._encoded_key.reshape(2, 2, MAX_KEY_LENGTH))
     assert encoded.entry_key.shape == (2, 2) and encoded.to_dict()["record_key"][1, 1] == "k" * 128
     assert Metadata(_encoded_key=np.zeros((0, MAX_KEY_LENGTH), np.uint8)).entry_key.shape == (0,)
+
+
+@pytest.mark.parametrize("key", ["a", np.array(["a", "b"])], ids=["one key", "a batch"])
+def test_an_abstract_or_mapped_metadata_has_a_repr_and_a_dict(key):
+    """What jax.eval_shape returns (ShapeDtypeStruct leaves), or a tree.map to shapes, is
+    a Metadata too: printing it must work, as a record's does."""
+    abstract = jax.eval_shape(lambda: Metadata(index=1, key=key, rng_key=jax.random.key(0)))
+    assert "ShapeDtypeStruct" in repr(abstract)
+    assert abstract.entry_key == abstract.to_dict()["record_key"] == ABSTRACT_KEY
+    shapes = jax.tree.map(np.shape, Metadata(index=np.arange(2), key=key))
+    assert "_encoded_key=" in repr(shapes) and "index=(2,)" in repr(shapes)
 
 
 @pytest.mark.parametrize(

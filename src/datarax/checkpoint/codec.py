@@ -60,7 +60,7 @@ from datarax.checkpoint.shardings import describe as describe_sharding
 from datarax.checkpoint.source_info import MAX_NESTING, check_int, encode_source_info
 from datarax.checkpoint.structure import encode_structure
 from datarax.core._rng import is_key
-from datarax.core.metadata import Metadata, RecordMetadata
+from datarax.core.metadata import Metadata, MetadataManager, RecordMetadata
 
 __all__ = [
     "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "blob_sha256", "decode_item",
@@ -243,10 +243,13 @@ def _paths(leaves: list[tuple[Any, Any]]) -> list[str]:
 
 
 def _is_node(x: Any) -> bool:
-    return isinstance(x, Metadata | RecordMetadata)  # a RecordMetadata: to refuse whole
+    # A RecordMetadata or a MetadataManager: to refuse whole, naming what to use instead.
+    return isinstance(x, Metadata | RecordMetadata | MetadataManager)
 
 
 def _hint(leaf: Any) -> str:
+    if isinstance(leaf, MetadataManager):
+        return " Save a MetadataManager with MetadataManagerSave(manager)."
     if not isinstance(leaf, RecordMetadata):
         return ""
     return (

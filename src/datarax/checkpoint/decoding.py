@@ -189,7 +189,7 @@ def _decode_field(entry: Any, t: Any, where: str, sources: _Sources) -> Any:
     if has_target and t is None:
         raise _mismatch(where, _describe(entry), t)
     if "int" in entry:
-        if has_target and type(t) is not int:
+        if has_target and type(t) is not int and not _abstract_int(t):
             raise _mismatch(where, _describe(entry), t)
         value = entry["int"]
         if type(value) is not int:
@@ -220,6 +220,17 @@ def _decode_field(entry: Any, t: Any, where: str, sources: _Sources) -> Any:
     if has_target and (key.dtype != t.dtype or key.shape != t.shape):
         raise _mismatch(where, f"a typed {k['impl']} key of shape {key.shape}", t)
     return key
+
+
+def _abstract_int(t: Any) -> bool:
+    """Whether ``t`` is what ``jax.eval_shape`` makes of a Python int: a weakly typed
+    integer ``ShapeDtypeStruct`` of shape ``()``. The saved int is restored as it was."""
+    return (
+        isinstance(t, jax.ShapeDtypeStruct)
+        and t.shape == ()
+        and t.weak_type
+        and jnp.issubdtype(t.dtype, jnp.integer)
+    )
 
 
 def _array_like(t: Any) -> bool:

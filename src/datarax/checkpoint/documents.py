@@ -63,7 +63,12 @@ def dumps_document(doc: dict[str, Any]) -> bytes:
         "sha256": hashlib.sha256(body).hexdigest(),
         "size": len(body),
     }
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + body
+    return _header_line(header) + b"\n" + body
+
+
+def _header_line(header: dict[str, Any]) -> bytes:
+    """The header line :func:`dumps_document` writes for ``header`` (without its newline)."""
+    return json.dumps(header, separators=(",", ":")).encode()
 
 
 def parse_header(line: bytes | bytearray, name: str) -> dict[str, Any]:
@@ -98,6 +103,8 @@ def parse_header(line: bytes | bytearray, name: str) -> dict[str, Any]:
         )  # fmt: skip
     if type(digest) is not str or not SHA256_HEX.fullmatch(digest):
         raise damaged(name, "the header's sha256 is not 64 lowercase hex digits")
+    if _header_line(header) != line:  # JSON reads a header with a byte added as the same
+        raise damaged(name, "the header line is not byte for byte the one this format writes")
     return header
 
 

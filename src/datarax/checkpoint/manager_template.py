@@ -44,7 +44,7 @@ def manager_differences(template: Position, saved: Position) -> list[str]:
         >>> from datarax.checkpoint.manager_template import manager_differences
         >>> saved = read_position(MetadataManager(rngs=nnx.Rngs(metadata=0)))
         >>> template = read_position(MetadataManager(rngs=nnx.Rngs(metadata=1, noise=2)))
-        >>> print(*manager_differences(template, saved))
+        >>> print(*manager_differences(template, saved))  # doctest: +NORMALIZE_WHITESPACE
         rngs streams: saved ['metadata'], this manager has ['metadata', 'noise'] (missing
         here: [], not saved: ['noise'])
     """

@@ -43,6 +43,7 @@ from datarax.checkpoint.manifest import (
 )
 from datarax.checkpoint.metadata_schema import check_document
 from datarax.checkpoint.safe_files import read_item_file
+from datarax.checkpoint.shardings import missing_devices_note
 from datarax.checkpoint.sync_save import run_now
 
 
@@ -179,8 +180,13 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             return decode_item(doc, where, target, values, checked=True)
         blob, digest = _read_blob(directory, doc)
         # The arrays are built while the blob is hashed (hashlib releases the GIL); they
-        # are returned only once the digest matched.
-        restored = decode_item(doc, where, target, values, blob, checked=True)
+        # are returned only once the digest matched. Where building them fails, a damaged
+        # blob is the cause to report, not the bad value it decoded to.
+        try:
+            restored = decode_item(doc, where, target, values, blob, checked=True)
+        except Exception:
+            _check_blob(directory, doc, digest.result())
+            raise
         _check_blob(directory, doc, digest.result())
         return restored
 
@@ -210,9 +216,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                     directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
                 )
         except Exception as e:  # Orbax and tensorstore raise many types; report them alike
+            unsharded = [name for name, (_, _, sharding) in requests.items() if sharding is None]
+            note = missing_devices_note(self._arrays, directory, unsharded) if unsharded else ""
             raise MetadataCheckpointError(
                 f"{directory}: Orbax could not restore the item's global arrays "
-                f"({type(e).__name__}: {e})."
+                f"({type(e).__name__}: {e}).{note}"
             ) from e
         for name, (dtype, shape, _) in requests.items():
             value = values.get(name)
@@ -349,7 +357,8 @@ class MetadataRestore(ocp.args.CheckpointArgs):
         target: Optional pytree shaped like the saved item. Its containers are reused, each
             field must be held like the saved one (int, array of the same dtype and shape,
             key of the same impl), and array fields come back in the target leaf's
-            container and sharding (a ``jax.ShapeDtypeStruct`` with a sharding will do).
+            container and sharding (a ``jax.ShapeDtypeStruct`` with a sharding will do;
+            ``jax.eval_shape`` of the item too, its int fields restored as the ints saved).
             Without it the item is rebuilt from the checkpoint alone.
 
     Examples:

@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from datarax.checkpoint.arrays import progression, wrapped
@@ -220,3 +222,36 @@ class FillBlocks:
             return values
         skip = lo - first * self.repeat
         return np.repeat(values, self.repeat)[skip : skip + hi - lo]
+
+
+def missing_devices_note(
+    handler: ocp.PyTreeCheckpointHandler, directory: epath.Path, names: list[str]
+) -> str:
+    """Why Orbax could not restore the global arrays ``names`` without a target sharding,
+    where that is the reason: the devices their saved shardings name that this job lacks
+    (read from Orbax's metadata of the arrays). ``""`` where none is missing or the
+    metadata says nothing of devices.
+
+    Orbax then fails with "sharding passed to deserialization should be specified", which
+    does not say which devices or what to do.
+    """
+    try:
+        tree = handler.metadata(directory).tree
+        saved = {
+            device.id
+            for name in names
+            if isinstance(sharding := tree[name].sharding, ocp.metadata.NamedShardingMetadata)
+            and sharding.device_mesh is not None
+            for device in jax.tree.leaves(sharding.device_mesh.mesh)
+        }
+    except Exception:  # no metadata to read: Orbax's own error is all there is to say
+        return ""
+    missing = sorted(saved - {d.id for d in jax.devices()})
+    if not missing:
+        return ""
+    return (
+        f" The arrays were saved sharded over devices {sorted(saved)[:16]}, but this job has "
+        f"no device {missing[:8]} (it has {jax.device_count()} devices). Restore with a target "
+        "whose leaves carry the sharding to restore onto: MetadataRestore(target), a "
+        "jax.ShapeDtypeStruct with a sharding will do."
+    )

@@ -16,6 +16,7 @@ import numpy as np
 
 from datarax.core._keys import encode_key_bytes
 from datarax.core._record import RecordMetadata
+from datarax.core._rng import fold_in_each
 
 _INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
 _STR_TYPES = {str, np.str_}
@@ -24,9 +25,20 @@ _REFUSED = (
 )
 
 
-def record_key_array(record_keys: Any) -> np.ndarray:
-    """``record_keys`` as a 1-D NumPy array of integers or of strings, checked."""
-    if isinstance(record_keys, np.ndarray):
+def record_key_array(record_keys: Any) -> np.ndarray | jax.Array:
+    """``record_keys`` as a 1-D NumPy array of integers or of strings, checked; a traced
+    integer array (inside a JAX transformation) as it is, as a record would hold it."""
+    if isinstance(record_keys, jax.Array):
+        if not jnp.issubdtype(record_keys.dtype, jnp.integer):
+            raise TypeError(_REFUSED.format(f"a JAX array of dtype {record_keys.dtype}"))
+        if isinstance(record_keys, jax.core.Tracer):
+            if record_keys.ndim != 1:
+                raise ValueError(
+                    f"record_keys must be 1-D (one key per record), got shape {record_keys.shape}."
+                )
+            return record_keys
+        keys = np.asarray(record_keys)
+    elif isinstance(record_keys, np.ndarray):
         keys = record_keys
     else:
         # NumPy would turn [1, "a"] into strings and [1, True] into ints: check the types.
@@ -67,12 +79,11 @@ def check_fits(state: dict[str, Any], shard_id: int | None, n: int) -> None:
 def stream_keys(key: Any, count: Any, n: int) -> jax.Array:
     """``fold_in(key, count + i)`` for ``i < n``, stacked: what ``n`` calls of an
     ``nnx.RngStream`` holding ``key`` and ``count`` return, for any key shape, traced or not."""
-    steps = jnp.arange(n, dtype=jnp.uint32)
-    return jax.vmap(lambda i: jax.random.fold_in(key, count + i))(steps)
+    return fold_in_each(key, count + jnp.arange(n, dtype=jnp.uint32))
 
 
 def build_batch(
-    keys: np.ndarray,
+    keys: np.ndarray | jax.Array,
     state: dict[str, Any],
     shard_id: int | None,
     rng_key: Any,

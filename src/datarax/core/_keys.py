@@ -18,6 +18,10 @@ MAX_KEY_LENGTH = 128
 TRACED_KEY = "<traced key: cannot be decoded inside a JAX transformation>"
 """What :attr:`Metadata.entry_key` says when the encoded key is a tracer."""
 
+ABSTRACT_KEY = "<abstract key: a ShapeDtypeStruct holds no bytes to decode>"
+"""What :attr:`Metadata.entry_key` says when the encoded key is a ``jax.ShapeDtypeStruct``
+(a Metadata returned by ``jax.eval_shape``)."""
+
 REMOTE_KEY = "<key held by other processes: cannot be decoded on this one>"
 """What :attr:`Metadata.entry_key` says when the encoded key is a global array that is not
 fully addressable from this process."""
@@ -112,8 +116,9 @@ def _is_utf8(data: np.ndarray) -> bool:
 def decode_key(encoded: Any) -> str | np.ndarray | None:
     """Decodes an encoded key back to its text.
 
-    Returns ``None`` for ``None``, :data:`TRACED_KEY` for a tracer (which holds no bytes
-    to decode), :data:`REMOTE_KEY` for a global array not fully addressable here, a
+    Returns ``None`` for ``None``, :data:`TRACED_KEY` for a tracer and
+    :data:`ABSTRACT_KEY` for a ``ShapeDtypeStruct`` (which hold no bytes to decode),
+    :data:`REMOTE_KEY` for a global array not fully addressable here, a
     ``str`` for shape ``(128,)``, and a NumPy array of ``str`` of shape
     ``encoded.shape[:-1]`` for a batch of keys.
 
@@ -125,6 +130,8 @@ def decode_key(encoded: Any) -> str | np.ndarray | None:
         return None
     if isinstance(encoded, jax.core.Tracer):
         return TRACED_KEY
+    if isinstance(encoded, jax.ShapeDtypeStruct):
+        return ABSTRACT_KEY
     if isinstance(encoded, jax.Array) and not encoded.is_fully_addressable:
         return REMOTE_KEY
     data = np.asarray(encoded)

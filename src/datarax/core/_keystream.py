@@ -27,7 +27,7 @@ from jax.typing import ArrayLike
 
 from datarax.core._cache import IdentityCache
 from datarax.core._jit import typed_jit
-from datarax.core._rng import is_key
+from datarax.core._rng import fold_in_each, is_key
 from datarax.core._variables import has_hooks
 
 STREAM = "metadata"
@@ -43,8 +43,7 @@ _KEPT = 3  # windows kept per stream
 @typed_jit(static_argnums=2)
 def fold_in_range(key: jax.Array, start: ArrayLike, size: int) -> jax.Array:
     """``fold_in(key, c)`` for ``c`` in ``start, start + 1, ..., start + size - 1`` (mod 2**32)."""
-    counts = start + jnp.arange(size, dtype=jnp.uint32)
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, counts)
+    return fold_in_each(key, start + jnp.arange(size, dtype=jnp.uint32))
 
 
 @typed_jit(static_argnums=(2, 3))

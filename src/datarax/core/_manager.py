@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -115,6 +117,12 @@ class MetadataManager(nnx.Module):
                 "batch_idx": 0 if track_batches else None,
             }
         )
+
+    # nnx.Module's metaclass defines __call__(*args, **kwargs), which inspect.signature would
+    # show for the class: show the constructor's own (the documented one) instead.
+    __signature__ = inspect.signature(__init__).replace(
+        parameters=list(inspect.signature(__init__).parameters.values())[1:]
+    )
 
     def create_metadata(
         self, record_key: Any, source_info: dict[str, Any] | None = None
@@ -241,14 +249,16 @@ class MetadataManager(nnx.Module):
         transforms too (then the fields are JAX arrays, derived from the traced state).
 
         Args:
-            record_keys: A sequence or 1-D array of record keys, all ints or all strs.
+            record_keys: A sequence or 1-D array (NumPy, or JAX of an integer dtype, traced
+                inside a transformation too) of record keys, all ints or all strs.
             source_info: Optional source-specific metadata, shared by the batch.
 
         Returns:
             One RecordMetadata whose fields are arrays with a leading axis of
             ``len(record_keys)``: NumPy integer arrays for the counters (JAX's default
             integer dtype; JAX arrays when the counters are arrays or traced), a typed key
-            array for ``rng_key``, and ``record_keys`` as a NumPy array.
+            array for ``rng_key``, and ``record_keys`` as a NumPy array (a traced array
+            as it is).
 
         Raises:
             TypeError: Keys of mixed or unsupported types.
@@ -268,7 +278,7 @@ class MetadataManager(nnx.Module):
         return build_batch(keys, s, self.shard_id, rng_key, source_info)
 
     def _create_batch_generic(
-        self, keys: np.ndarray, source_info: dict[str, Any] | None
+        self, keys: np.ndarray | jax.Array, source_info: dict[str, Any] | None
     ) -> RecordMetadata:
         """The batch counterpart of :meth:`_create_generic`, vectorised: one read and one
         write of ``state`` and of the stream's count, through ``get_value``/``set_value``."""

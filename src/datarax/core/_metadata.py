@@ -92,7 +92,8 @@ class Metadata:
 
         Inside a JAX transformation the key is a tracer with no bytes to decode: then this
         returns ``'<traced key: cannot be decoded inside a JAX transformation>'`` instead of
-        raising.
+        raising; likewise ``'<abstract key: ...>'`` for a ``ShapeDtypeStruct`` (what
+        ``jax.eval_shape`` returns).
         """
         return decode_key(self._encoded_key)
 
@@ -107,7 +108,10 @@ class Metadata:
 
     def __repr__(self) -> str:
         fields = [f"{n}={getattr(self, n)!r}" for n in _LEAF_FIELDS[:-1]]
-        fields.append(f"key={self.entry_key!r}")
+        try:
+            fields.append(f"key={self.entry_key!r}")
+        except ValueError:  # leaves mapped to something else (jax.tree.map): show them as held
+            fields.append(f"_encoded_key={self._encoded_key!r}")
         fields.append(f"source_info={self.source_info!r}")
         return f"Metadata({', '.join(fields)})"
 
