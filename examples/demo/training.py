@@ -49,6 +49,13 @@ class RunConfig:
             raise ValueError(f"steps, save_every must be >= 1 and seed in 0..2**31-2: {self}")
 
 
+def mlp(rngs: nnx.Rngs) -> nnx.Sequential:
+    """Two hidden ReLU layers and a linear read-out of class logits."""
+    sizes = (FEATURES, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, CLASSES)
+    hidden1, hidden2, out = (nnx.Linear(n_in, n_out, rngs=rngs) for n_in, n_out in sizes)
+    return nnx.Sequential(hidden1, nnx.relu, hidden2, nnx.relu, out)
+
+
 @nnx.jit
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array,
                keys: jax.Array) -> jax.Array:  # fmt: skip
@@ -82,12 +89,6 @@ class Trainer:
         y = rng.integers(0, CLASSES, size=EXAMPLES)
         x = centres[y] + rng.normal(0.0, 1.0, size=(EXAMPLES, FEATURES))
         self.x, self.y = x.astype(np.float32), y.astype(np.int32)
-
-        def mlp(rngs: nnx.Rngs) -> nnx.Sequential:  # two hidden ReLU layers, class logits
-            layers = (FEATURES, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, CLASSES)
-            linear = [nnx.Linear(n_in, n_out, rngs=rngs) for n_in, n_out in layers]
-            return nnx.Sequential(linear[0], nnx.relu, linear[1], nnx.relu, linear[2])
-
         # One compiled initialisation instead of a dozen eager ops, each compiled on first use.
         self.model = nnx.jit(lambda: mlp(nnx.Rngs(config.seed)))()
         self.optimizer = nnx.Optimizer(self.model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
