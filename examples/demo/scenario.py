@@ -105,7 +105,7 @@ def verdict(
     """Compares the runs' logs and plots their losses; whether they matched, and the table."""
     from examples.demo.plot import plot_losses  # matplotlib: not in the children
 
-    logs = {run: read_jsonl(directory / f"{run}.jsonl") for run in ("reference", "killed")}
+    logs = {name: read_jsonl(directory / f"{name}.jsonl") for name in ("reference", "killed")}
     killed = {step: log for step, log in logs["killed"].items() if step < resumed_from}
     logs["resumed"] = read_jsonl(directory / "resumed.jsonl")
     runs = {"killed run": killed, "resumed run": logs["resumed"]}
