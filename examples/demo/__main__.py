@@ -17,16 +17,13 @@ from examples.demo.processes import ProcessError, deterministic_env
 KILL_AT = """kill the child during the async save of checkpoint STEP (a multiple of
 --save-every, below --steps); with STEP = --save-every no checkpoint has committed yet and
 the run resumes from scratch (default: the checkpoint step nearest to 55%% of the run)"""
+DIRECTORY = """new or empty directory for the checkpoints, step logs and the loss-curve PNG
+(default: a fresh temporary directory, kept and printed)"""
 OPTIONS = {
     "--steps": dict(type=int, default=60, metavar="N", help="training steps of the run (60)"),
     "--save-every": dict(type=int, default=5, metavar="N", help="steps between checkpoints (5)"),
     "--kill-at": dict(type=int, metavar="STEP", help=KILL_AT),
-    "--directory": dict(
-        type=Path,
-        metavar="DIR",
-        help="new or empty directory for the checkpoints, step logs and the loss-curve PNG "
-        "(default: a fresh temporary directory, kept and printed)",
-    ),
+    "--directory": dict(type=Path, metavar="DIR", help=DIRECTORY),
     "--seed": dict(type=int, default=0, help="seeds the data, parameters and records' keys (0)"),
 }
 CHILD_OPTIONS = {  # one run instead of the demo: how the demo (and the tests) start children
@@ -34,6 +31,7 @@ CHILD_OPTIONS = {  # one run instead of the demo: how the demo (and the tests) s
     "--checkpoints": dict(type=Path, metavar="DIR", help="resume from the latest one, save there"),
     "--announce-save": dict(type=int, metavar="STEP", help="after save(STEP), wait to be killed"),
 }
+INSTALL = "the demo needs the `demo` extra: pip install -e '.[demo]' (or run `make demo`)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,22 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, kwargs in options.items():
             group.add_argument(name, **kwargs)
     args = p.parse_args(argv)
-    if missing := [m for m in ("optax", "matplotlib") if importlib.util.find_spec(m) is None]:
-        install = "the demo needs the `demo` extra: pip install -e '.[demo]' (or run `make demo`)"
-        print(
-            f"datarax demo: error: {' and '.join(missing)} not installed: {install}",
-            file=sys.stderr,
-        )
-        return 2
-    # Before JAX starts: this process and its children must compile identical programs.
-    os.environ["XLA_FLAGS"] = deterministic_env()["XLA_FLAGS"]
-    from examples.demo.scenario import child_run, run_demo
-    from examples.demo.training import RunConfig
-
     try:
+        if missing := [m for m in ("optax", "matplotlib") if importlib.util.find_spec(m) is None]:
+            raise ValueError(f"{' and '.join(missing)} not installed: {INSTALL}")
+        # Before JAX starts: this process and its children must compile identical programs.
+        os.environ["XLA_FLAGS"] = deterministic_env()["XLA_FLAGS"]
+        from examples.demo.scenario import run_demo
+        from examples.demo.training import RunConfig, run
+
         config = RunConfig(steps=args.steps, seed=args.seed, save_every=args.save_every)
         if args.run is not None:
-            return child_run(config, args.run, args.checkpoints, args.announce_save)
+            run(config, args.run, args.checkpoints, args.announce_save)
+            return 0
         steps, every = config.steps, config.save_every
         if steps <= every:
             raise ValueError(
@@ -75,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         directory = args.directory or Path(tempfile.mkdtemp(prefix="datarax-demo-"))
         print(f"datarax demo: run directory {directory}", flush=True)
         start = time.perf_counter()
-        ok, table = run_demo(config, kill_at, directory, say=lambda line: print(line, flush=True))
+        ok, table = run_demo(config, kill_at, directory)
     except (ValueError, ProcessError) as error:
         print(f"datarax demo: error: {error}", file=sys.stderr)
         return 2

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no window, no global figure to close
 
-from examples.demo.training import loss
+from examples.demo.training import Logs, loss
 
 RED, BLUE = "#d62728", "#08306b"
 LABEL = dict(xycoords=("data", "axes fraction"), textcoords="offset points", fontsize=8, va="top")
-Logs = Mapping[int, dict[str, Any]]
 
 
 def plot_losses(path: Path, reference: Logs, killed: Logs, resumed: Logs, *, kill_at: int,
-                resumed_from: int) -> Path:  # fmt: skip
-    """Writes a PNG of the runs' losses to ``path`` and returns ``path``: the reference as a
-    thick pale line, the others as thin lines that sit exactly on it where they match it."""
+                resumed_from: int) -> None:  # fmt: skip
+    """Writes a PNG of the runs' losses to ``path``: the reference as a thick pale line,
+    the others as thin lines that sit exactly on it where they match it."""
     fig = Figure(figsize=(8, 4.5), dpi=120)
     ax = fig.subplots()
     curve = lambda logs: ([s + 1 for s in sorted(logs)], [loss(logs[s]) for s in sorted(logs)])  # noqa: E731
@@ -26,19 +23,15 @@ def plot_losses(path: Path, reference: Logs, killed: Logs, resumed: Logs, *, kil
     ax.plot(*curve(killed), color=RED, linewidth=1.5, label="killed run")
     resumed_label = f"resumed from step {resumed_from}"
     ax.plot(*curve(resumed), color=BLUE, linewidth=1.5, linestyle="--", label=resumed_label)
-    resumed_text = (
-        f"resumed from checkpoint {resumed_from}" if resumed_from else "resumed from scratch"
-    )
+    source = f"resumed from checkpoint {resumed_from}" if resumed_from else "resumed from scratch"
     for x, y, dx, color, text, ha in (
         (kill_at, 0.97, 4, RED, f"SIGKILL during the async save of step {kill_at}", "left"),
-        (resumed_from, 0.90, -4, BLUE, resumed_text, "right" if resumed_from else "left"),
+        (resumed_from, 0.90, -4, BLUE, source, "right" if resumed_from else "left"),
     ):
         ax.axvline(x, color=color, linestyle=":", linewidth=1.2)
         ax.annotate(text, xy=(x, y), xytext=(dx, 0), color=color, ha=ha, **LABEL)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("datarax demo: killed and resumed from an Orbax checkpoint")
+    title = "datarax demo: killed and resumed from an Orbax checkpoint"
+    ax.set(xlabel="step", ylabel="training loss", title=title)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    return path

@@ -1,54 +1,28 @@
 """The demo's scenario: a reference run in this process; the same run in a child process,
 its process group SIGKILLed right after ``save(kill_at)`` returned (that async save still
 writing); a fresh child resuming from the latest committed checkpoint (from scratch if none
-committed). The killed run's steps before the resumption point and the resumed run's steps
-must equal the reference's: every record's index, epoch, global_step, batch_idx, record key
-and rng key data, and every loss as a float32 bit pattern.
+committed). The runs must match the reference: every record's fields and rng key data, and
+every loss as a float32 bit pattern.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import orbax.checkpoint as ocp
 
-from examples.demo.processes import Process, read_jsonl, wait_to_be_killed
-from examples.demo.training import BATCH, RunConfig, loss, run
+from examples.demo.processes import Process, read_jsonl
+from examples.demo.training import BATCH, PROTOCOL, Logs, RunConfig, loss, run
 
-PROTOCOL = "@datarax "
-"""Prefix of the lines a child run writes for the demo: ``start STEP``, ``saving STEP``."""
 CHILD_TIMEOUT_S = 600.0
-Logs = Mapping[int, dict[str, Any]]
+say = functools.partial(print, flush=True)  # progress lines: at once
 
 
-def progress(log: dict[str, Any], steps: int) -> str | None:
-    """The progress line of a step, every 10 steps and at the last one."""
-    if (log["step"] + 1) % 10 and log["step"] + 1 != steps:
-        return None
-    return f"step {log['step'] + 1:4d}/{steps}  loss {loss(log):.6f}"
-
-
-def child_run(
-    config: RunConfig, log: Path, checkpoints: Path | None, announce_save: int | None
-) -> int:
-    """One run in a child process; after ``save(announce_save)`` it waits to be killed."""
-
-    def on_save(step: int) -> None:
-        if step == announce_save:
-            wait_to_be_killed(f"{PROTOCOL}saving {step}")
-
-    on_start = lambda step: print(f"{PROTOCOL}start {step}", flush=True)  # noqa: E731
-    for step_log in run(config, log, checkpoints, on_start, on_save):
-        if line := progress(step_log, config.steps):
-            print(line, flush=True)
-    return 0
-
-
-def relay(child: Process, tag: str, say: Callable[[str], None]) -> Iterator[str]:
+def relay(child: Process, tag: str) -> Iterator[str]:
     """The child's protocol lines (without :data:`PROTOCOL`); says its other lines."""
     for line in child.follow(CHILD_TIMEOUT_S):
         if line.startswith(PROTOCOL):
@@ -79,9 +53,7 @@ def compare(reference: Logs, runs: Mapping[str, Logs], steps: int) -> tuple[bool
     return not records, not (losses or missing), records + losses
 
 
-def run_demo(
-    config: RunConfig, kill_at: int, directory: Path, say: Callable[[str], None] = print
-) -> tuple[bool, str]:
+def run_demo(config: RunConfig, kill_at: int, directory: Path) -> tuple[bool, str]:
     """Runs the scenario in ``directory`` (new or empty); returns whether the runs matched
     and the closing table. Raises ``ValueError`` for a ``kill_at`` that is not a checkpoint
     step below ``config.steps``, :class:`~examples.demo.processes.ProcessError` if a child
@@ -100,18 +72,16 @@ def run_demo(
     cwd = Path(__file__).parents[2]
 
     say(f"[reference] training {config.steps} steps, uninterrupted, in this process")
-    for log in run(config, directory / "reference.jsonl"):
-        if line := progress(log, config.steps):
-            say(f"[reference] {line}")
+    run(config, directory / "reference.jsonl", tag="[reference] ")
 
     say(f"[killed]    same run in a child process, SIGKILL during the save of step {kill_at}")
     with Process([*argv, directory / "killed.jsonl", "--announce-save", kill_at], cwd=cwd) as child:
-        announced = f"saving {kill_at}" in relay(child, "[killed]", say)  # reads up to it
+        announced = f"saving {kill_at}" in relay(child, "[killed]")  # reads up to it
         child.kill()
         if child.wait(30) != -signal.SIGKILL or not announced:
             raise child.error(f"The run to be killed at step {kill_at} did not get there")
-    committed = ocp.path.step.checkpoint_steps(checkpoints) if checkpoints.exists() else []
-    unfinished = ocp.path.step.tmp_checkpoints(checkpoints) if checkpoints.exists() else []
+    committed = ocp.path.step.checkpoint_steps(checkpoints)  # the child created the directory
+    unfinished = ocp.path.step.tmp_checkpoints(checkpoints)
     say(
         f"[killed]    killed; committed checkpoints: {sorted(committed) or 'none'}; "
         f"the save of step {kill_at} {'had' if kill_at in committed else 'had not'} committed"
@@ -120,7 +90,7 @@ def run_demo(
 
     resumed_from = None
     with Process([*argv, directory / "resumed.jsonl"], cwd=cwd) as child:
-        for line in relay(child, "[resumed]", say):
+        for line in relay(child, "[resumed]"):
             resumed_from = int(line.removeprefix("start "))  # the only line it announces
             source = f"checkpoint {resumed_from}" if resumed_from else "scratch (no checkpoint)"
             say(f"[resumed]   fresh child process, restored from {source}")
@@ -136,21 +106,15 @@ def verdict(
     from examples.demo.plot import plot_losses  # matplotlib: not in the children
 
     logs = {name: read_jsonl(directory / f"{name}.jsonl") for name in ("reference", "killed")}
+    killed = {step: log for step, log in logs["killed"].items() if step < resumed_from}
     logs["resumed"] = read_jsonl(directory / "resumed.jsonl")
-    runs = {
-        "killed run": {step: log for step, log in logs["killed"].items() if step < resumed_from},
-        "resumed run": logs["resumed"],
-    }
+    runs = {"killed run": killed, "resumed run": logs["resumed"]}
     records, losses, mismatches = compare(logs["reference"], runs, config.steps)
-    plot = plot_losses(
-        directory / "loss_curves.png", **logs, kill_at=kill_at, resumed_from=resumed_from
-    )
+    plot = directory / "loss_curves.png"
+    plot_losses(plot, **logs, kill_at=kill_at, resumed_from=resumed_from)
     fate = "committed before the kill" if committed else "never committed"
-    source = (
-        "latest committed checkpoint"
-        if resumed_from
-        else "no checkpoint had committed: from scratch"
-    )
+    scratch = "no checkpoint had committed: from scratch"
+    source = "latest committed checkpoint" if resumed_from else scratch
     fields = "(index, epoch, global_step, batch_idx, record key, rng key data)"
     rows = {
         "steps": str(config.steps),

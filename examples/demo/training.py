@@ -1,8 +1,7 @@
 """One run of the demo: a Flax NNX MLP trained with optax on a seeded synthetic dataset.
 
-Each record's metadata comes from a ``MetadataManager`` and its augmentation from the
-record's own ``rng_key``. The data keeps no position of its own: the epoch and the index in
-it live in the manager, and an epoch's order is a function of the seed and the epoch, so
+The data keeps no position of its own: the epoch and the index in it live in the
+``MetadataManager``, and an epoch's order is a function of the seed and the epoch, so
 checkpointing the manager with the model and the optimizer state is enough to resume the
 stream exactly. Each step is logged as a JSON line, the loss as its float32 bit pattern.
 """
@@ -12,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,15 @@ from flax import nnx
 
 from datarax.checkpoint import MetadataManagerRestore, MetadataManagerSave
 from datarax.core.metadata import MetadataManager
+from examples.demo.processes import wait_to_be_killed
 
 BATCH, EXAMPLES, FEATURES, HIDDEN, CLASSES = 32, 400, 16, 64, 4
 LEARNING_RATE, NOISE = 0.01, 0.1  # NOISE: standard deviation of the augmentation noise
 RECORD_FIELDS = ("index", "epoch", "global_step", "batch_idx", "record_key")
+STATES = ("model", "optimizer")  # checkpointed with the manager
+PROTOCOL = "@datarax "
+"""Prefix of the lines a checkpointed run writes for the demo: ``start STEP``, ``saving STEP``."""
+Logs = Mapping[int, dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,29 +40,25 @@ class RunConfig:
     """A run; two runs with equal configs compute the same bits. ``seed`` seeds the dataset,
     the epoch orders, the parameters and the records' keys."""
 
-    steps: int = 60
-    seed: int = 0
-    save_every: int = 5
+    steps: int
+    seed: int
+    save_every: int
 
     def __post_init__(self) -> None:
         if min(self.steps, self.save_every) < 1 or not 0 <= self.seed < 2**31 - 1:
             raise ValueError(f"steps, save_every must be >= 1 and seed in 0..2**31-2: {self}")
 
 
-class MLP(nnx.Module):
+def mlp(rngs: nnx.Rngs) -> nnx.Sequential:
     """Two hidden ReLU layers and a linear read-out of class logits."""
-
-    def __init__(self, rngs: nnx.Rngs) -> None:
-        self.hidden1 = nnx.Linear(FEATURES, HIDDEN, rngs=rngs)
-        self.hidden2 = nnx.Linear(HIDDEN, HIDDEN, rngs=rngs)
-        self.out = nnx.Linear(HIDDEN, CLASSES, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x)))))
+    sizes = (FEATURES, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, CLASSES)
+    hidden1, hidden2, out = (nnx.Linear(n_in, n_out, rngs=rngs) for n_in, n_out in sizes)
+    return nnx.Sequential(hidden1, nnx.relu, hidden2, nnx.relu, out)
 
 
 @nnx.jit
-def train_step(model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array, keys: jax.Array):
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array,
+               keys: jax.Array) -> jax.Array:  # fmt: skip
     """Augments each record with its own key (Gaussian noise, 10% feature dropout), takes
     one Adam step, returns the loss."""
 
@@ -90,7 +90,7 @@ class Trainer:
         x = centres[y] + rng.normal(0.0, 1.0, size=(EXAMPLES, FEATURES))
         self.x, self.y = x.astype(np.float32), y.astype(np.int32)
         # One compiled initialisation instead of a dozen eager ops, each compiled on first use.
-        self.model = nnx.jit(lambda: MLP(nnx.Rngs(config.seed)))()
+        self.model = nnx.jit(lambda: mlp(nnx.Rngs(config.seed)))()
         self.optimizer = nnx.Optimizer(self.model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
         self.manager = MetadataManager(rngs=nnx.Rngs(metadata=config.seed + 1), track_batches=True)
 
@@ -111,38 +111,31 @@ class Trainer:
         self.step += 1
         return log
 
-    def states(self) -> dict[str, nnx.State]:
-        return {"model": nnx.state(self.model), "optimizer": nnx.state(self.optimizer)}
-
-    def save_args(self) -> ocp.args.Composite:
-        """The checkpoint of the current state: model, optimizer and metadata manager."""
-        items = {k: ocp.args.StandardSave(nnx.to_pure_dict(s)) for k, s in self.states().items()}
-        return ocp.args.Composite(**items, data=MetadataManagerSave(self.manager))
+    def args(self, arrays: type, manager: type) -> ocp.args.Composite:
+        """The checkpoint's items, ``arrays(...)`` of the model's and the optimizer's states
+        and ``manager(...)`` of the ``MetadataManager``: the save or the restore arguments."""
+        states = {name: nnx.to_pure_dict(nnx.state(getattr(self, name))) for name in STATES}
+        items = {name: arrays(state) for name, state in states.items()}
+        return ocp.args.Composite(**items, data=manager(self.manager))
 
     def restore(self, checkpointer: ocp.CheckpointManager, step: int) -> None:
         """Restores checkpoint ``step``: the model and the optimizer in place, and the
         restored manager (a new one, as saved) in place of this run's."""
-        states = self.states()
-        items = {k: ocp.args.StandardRestore(nnx.to_pure_dict(s)) for k, s in states.items()}
-        args = ocp.args.Composite(**items, data=MetadataManagerRestore(self.manager))
+        args = self.args(ocp.args.StandardRestore, MetadataManagerRestore)
         restored = checkpointer.restore(step, args=args)
-        for name, state in states.items():
+        for name in STATES:
+            state = nnx.state(getattr(self, name))
             nnx.replace_by_pure_dict(state, restored[name])
             nnx.update(getattr(self, name), state)
         self.manager, self.step = restored["data"], step
 
 
-def run(
-    config: RunConfig,
-    log_path: Path,
-    checkpoints: Path | None = None,
-    on_start: Callable[[int], None] = lambda step: None,
-    on_save: Callable[[int], None] = lambda step: None,
-) -> Iterator[dict[str, Any]]:
-    """Runs ``config``, yielding each step's log once written to ``log_path``. With
-    ``checkpoints``, resumes from the latest checkpoint there, if any, and saves there every
-    ``save_every`` steps. Calls ``on_start`` with the first step to train and ``on_save``
-    with each step saved, right after ``save`` returned (its writes in flight)."""
+def run(config: RunConfig, log_path: Path, checkpoints: Path | None = None,
+        announce_save: int | None = None, tag: str = "") -> None:  # fmt: skip
+    """Runs ``config``, writing each step's log to ``log_path`` and a progress line (after
+    ``tag``) every 10 steps and at the last. With ``checkpoints``, it resumes from the
+    latest checkpoint there, if any, and says so (``start STEP``), saves there every
+    ``save_every`` steps, and after ``save(announce_save)`` says so and waits to be killed."""
     trainer = Trainer(config)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=2,
@@ -154,15 +147,20 @@ def run(
     )
     mngr = ocp.CheckpointManager(checkpoints, options=options) if checkpoints else None
     with mngr or contextlib.nullcontext():  # closing it waits for the saves in flight
-        if mngr and (latest := mngr.latest_step()) is not None:
-            trainer.restore(mngr, latest)
-        on_start(trainer.step)
+        if mngr:
+            if (latest := mngr.latest_step()) is not None:
+                trainer.restore(mngr, latest)
+            print(f"{PROTOCOL}start {trainer.step}", flush=True)
         with log_path.open("w") as log_file:
             while trainer.step < config.steps:
                 log = trainer.train_step()
                 log_file.write(json.dumps(log, separators=(",", ":")) + "\n")
                 log_file.flush()  # a SIGKILL loses only what is still in this process
-                yield log
+                if trainer.step % 10 == 0 or trainer.step == config.steps:
+                    progress = f"step {trainer.step:4d}/{config.steps}  loss {loss(log):.6f}"
+                    print(f"{tag}{progress}", flush=True)
                 if mngr and trainer.step % config.save_every == 0:
-                    mngr.save(trainer.step, args=trainer.save_args())
-                    on_save(trainer.step)
+                    args = trainer.args(ocp.args.StandardSave, MetadataManagerSave)
+                    mngr.save(trainer.step, args=args)
+                    if trainer.step == announce_save:
+                        wait_to_be_killed(f"{PROTOCOL}saving {trainer.step}")
