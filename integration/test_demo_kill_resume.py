@@ -66,6 +66,9 @@ def test_demo_resumes_bit_for_bit(processes, tmp_path, kill_at):
 
 @pytest.mark.timeout(60)
 def test_demo_help_and_refusals(processes, tmp_path):
+    scratch = tmp_path / "scratch"  # the children's TMPDIR: a refusal makes no run directory
+    scratch.mkdir()
+    processes.env["TMPDIR"] = str(scratch)
     help_ = processes.python("-m", "examples.demo", "--help")
     assert help_.wait(timeout=30) == 0
     for option in ("--steps", "--kill-at", "--directory", "--seed"):
@@ -74,6 +77,7 @@ def test_demo_help_and_refusals(processes, tmp_path):
     bad = processes.python("-m", "examples.demo", "--steps", "20", "--kill-at", "7")
     assert bad.wait(timeout=30) == 2
     assert "kill_at must be a checkpoint step (a multiple of save_every=5)" in bad.output
+    assert list(scratch.iterdir()) == []
 
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "something").write_text("")

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{' and '.join(missing)} not installed: {INSTALL}")
         # Before JAX starts: this process and its children must compile identical programs.
         os.environ["XLA_FLAGS"] = deterministic_env()["XLA_FLAGS"]
-        from examples.demo.scenario import run_demo
+        from examples.demo.scenario import check_kill_at, run_demo
         from examples.demo.training import RunConfig, run
 
         config = RunConfig(steps=args.steps, seed=args.seed, save_every=args.save_every)
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         nearest = min(max(every, round(0.55 * steps / every) * every), (steps - 1) // every * every)
         kill_at = nearest if args.kill_at is None else args.kill_at
+        check_kill_at(config, kill_at)  # before a temporary directory is made
         directory = args.directory or Path(tempfile.mkdtemp(prefix="datarax-demo-"))
         print(f"datarax demo: run directory {directory}", flush=True)
         start = time.perf_counter()

@@ -53,16 +53,21 @@ def compare(reference: Logs, runs: Mapping[str, Logs], steps: int) -> tuple[bool
     return not records, not (losses or missing), records + losses
 
 
-def run_demo(config: RunConfig, kill_at: int, directory: Path) -> tuple[bool, str]:
-    """Runs the scenario in ``directory`` (new or empty); returns whether the runs matched
-    and the closing table. Raises ``ValueError`` for a ``kill_at`` that is not a checkpoint
-    step below ``config.steps``, :class:`~examples.demo.processes.ProcessError` if a child
-    fails or hangs."""
+def check_kill_at(config: RunConfig, kill_at: int) -> None:
+    """Raises ``ValueError`` for a ``kill_at`` that is not a checkpoint step below
+    ``config.steps``."""
     if not (0 < kill_at < config.steps and kill_at % config.save_every == 0):
         raise ValueError(
             f"kill_at must be a checkpoint step (a multiple of save_every={config.save_every}) "
             f"between 1 and steps-1={config.steps - 1}, got {kill_at}."
         )
+
+
+def run_demo(config: RunConfig, kill_at: int, directory: Path) -> tuple[bool, str]:
+    """Runs the scenario in ``directory`` (new or empty); returns whether the runs matched
+    and the closing table. Raises ``ValueError`` for a bad ``kill_at`` (:func:`check_kill_at`),
+    :class:`~examples.demo.processes.ProcessError` if a child fails or hangs."""
+    check_kill_at(config, kill_at)
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):  # its checkpoints would be resumed from
         raise ValueError(f"{directory} is not empty; give the demo a new or empty directory.")
