@@ -85,6 +85,10 @@ CRAFTED = {
     "count negative": (_stream(count=[-1]), r"rngs\['metadata'\].count"),
     "count over uint32": (_stream(count=[2**32]), r"rngs\['metadata'\].count"),
     "count shape": (_stream(count_shape=[2]), r"rngs\['metadata'\].count"),
+    "count shape other than the key's": (
+        _stream(count_shape=[1], count=[1]),
+        r"rngs\['metadata'\].count_shape is \[1\].*expected the key's shape \[\]",
+    ),
     "key data float": (_stream(key_data=[0.0, 0]), r"rngs\['metadata'\].key_data"),
     "key data bool": (_stream(key_data=[False, 0]), r"rngs\['metadata'\].key_data"),
     "key data string": (_stream(key_data=["0", 0]), r"rngs\['metadata'\].key_data"),
