@@ -78,6 +78,10 @@ CRAFTED = {
     "shard_id list": (lambda d: {**d, "shard_id": [1, 2]}, "shard_id"),
     "shard_id negative": (lambda d: {**d, "shard_id": -1}, "shard_id"),
     "track_batches int": (lambda d: {**d, "track_batches": 1}, "track_batches"),
+    "format_version float": (
+        lambda d: {**d, "format_version": 2.0},
+        "does not repeat the header's format_version",
+    ),
     "rngs list": (lambda d: {**d, "rngs": [1]}, "rngs"),
     "count float": (_stream(count=[1.0]), r"rngs\['metadata'\].count"),
     "count bool": (_stream(count=[True]), r"rngs\['metadata'\].count"),
