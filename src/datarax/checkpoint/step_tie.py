@@ -58,7 +58,7 @@ def step_started(directory: epath.Path | str) -> int | None:
     for _ in range(_ATTEMPTS):
         try:
             data = read_item_file(_parent(directory), STEP_METADATA, limit=_LIMIT)
-        except MetadataCheckpointError:  # missing, or not a regular file
+        except (MetadataCheckpointError, OSError):  # missing, not a regular file, unreadable
             return None
         try:
             started = json.loads(data).get("init_timestamp_nsecs")
