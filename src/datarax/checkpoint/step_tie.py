@@ -28,7 +28,7 @@ STEP_METADATA = "_CHECKPOINT_METADATA"
 STEP_STARTED = "step_started"
 """The optional manifest key holding the step's ``init_timestamp_nsecs``."""
 _LIMIT = 1 << 20
-_ATTEMPTS = 200
+_ATTEMPTS = 100
 
 
 def _parent(directory: epath.Path | str) -> str:
@@ -41,7 +41,7 @@ def step_started(directory: epath.Path | str) -> int | None:
     its parent has no readable ``_CHECKPOINT_METADATA`` holding one (an item saved outside
     a ``CheckpointManager``). Orbax rewrites that file in place (truncating it first) from
     its metadata thread, even while items are finalized: a file that does not parse is read
-    again, for up to two seconds.
+    again, for up to a second.
 
     Examples:
         >>> import json, pathlib, tempfile
@@ -61,10 +61,13 @@ def step_started(directory: epath.Path | str) -> int | None:
         except (MetadataCheckpointError, OSError):  # missing, not a regular file, unreadable
             return None
         try:
-            started = json.loads(data).get("init_timestamp_nsecs")
-        except (ValueError, AttributeError, RecursionError):
-            time.sleep(0.01)  # Orbax rewrites the file in place, from another thread
+            metadata = json.loads(data)
+        except ValueError:  # Orbax rewrites the file in place, from another thread
+            time.sleep(0.01)
             continue
+        except RecursionError:
+            return None
+        started = metadata.get("init_timestamp_nsecs") if type(metadata) is dict else None
         return started if type(started) is int else None
     return None
 
