@@ -1,6 +1,7 @@
 """An item refused at the ``save`` call (changed, after its args were built, into something
 that cannot be saved) raises there, and leaves no Orbax thread behind: closing the
-``CheckpointManager`` and leaving the process at once logs no error from Orbax's threads."""
+``CheckpointManager`` and leaving the process at once logs no error from Orbax's threads,
+and the process ends (before, it could also wait minutes at exit for Orbax's signals)."""
 
 from __future__ import annotations
 
