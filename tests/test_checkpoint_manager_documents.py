@@ -78,6 +78,10 @@ CRAFTED = {
     "shard_id list": (lambda d: {**d, "shard_id": [1, 2]}, "shard_id"),
     "shard_id negative": (lambda d: {**d, "shard_id": -1}, "shard_id"),
     "track_batches int": (lambda d: {**d, "track_batches": 1}, "track_batches"),
+    "format_version float": (
+        lambda d: {**d, "format_version": 2.0},
+        "does not repeat the header's format_version",
+    ),
     "rngs list": (lambda d: {**d, "rngs": [1]}, "rngs"),
     "count float": (_stream(count=[1.0]), r"rngs\['metadata'\].count"),
     "count bool": (_stream(count=[True]), r"rngs\['metadata'\].count"),
@@ -85,6 +89,10 @@ CRAFTED = {
     "count negative": (_stream(count=[-1]), r"rngs\['metadata'\].count"),
     "count over uint32": (_stream(count=[2**32]), r"rngs\['metadata'\].count"),
     "count shape": (_stream(count_shape=[2]), r"rngs\['metadata'\].count"),
+    "count shape other than the key's": (
+        _stream(count_shape=[1], count=[1]),
+        r"rngs\['metadata'\].count_shape is \[1\].*expected the key's shape \[\]",
+    ),
     "key data float": (_stream(key_data=[0.0, 0]), r"rngs\['metadata'\].key_data"),
     "key data bool": (_stream(key_data=[False, 0]), r"rngs\['metadata'\].key_data"),
     "key data string": (_stream(key_data=["0", 0]), r"rngs\['metadata'\].key_data"),

@@ -131,7 +131,8 @@ def parse_document(data: bytes | bytearray, name: str) -> tuple[dict[str, Any], 
         raise damaged(name, "the document is nested too deeply to be a datarax document") from e
     except ValueError as e:  # cannot happen past the checksum, unless the writer was broken
         raise damaged(name, f"the document is not valid JSON ({str(e)[:80]})") from e
-    if type(doc) is not dict or doc.get("format_version") != header["format_version"]:
+    version = doc.get("format_version") if type(doc) is dict else None
+    if type(version) is not int or version != header["format_version"]:
         raise damaged(name, "the document does not repeat the header's format_version")
     return header, doc
 

@@ -120,7 +120,11 @@ def _stream_fields(name: str, stream: StreamPosition) -> tuple[_KeyFields, _Coun
     if not stream_name(name):
         raise _save_error("a manager.rngs stream name", "an identifier not starting with _", name)
     key = _key_fields(stream.key, f"manager.rngs[{name!r}].key")
-    return key, _count_fields(stream.count, f"manager.rngs[{name!r}].count")
+    count = _count_fields(stream.count, f"manager.rngs[{name!r}].count")
+    if key[0] and tuple(count[0]) != tuple(key[2]):  # nnx.RngStream: a count per key
+        where = f"manager.rngs[{name!r}].count"
+        raise _save_error(where, f"the key's shape {tuple(key[2])}", stream.count)
+    return key, count
 
 
 def _encode_stream(name: str, stream: StreamPosition) -> dict[str, Any]:

@@ -102,6 +102,8 @@ def check_stream(where: str, name: Any, entry: Any) -> dict[str, Any]:
         raise bad(where, f"{at}.key_data", f"a list of uint32 values for shape {key_shape}", data)
     key_data = _uint32s(where, f"{at}.key_data", data, len(data))
     count_shape = _shape(where, f"{at}.count_shape", entry["count_shape"])
+    if typed and count_shape != key_shape:  # nnx.RngStream counts each key: same shape
+        raise bad(where, f"{at}.count_shape", f"the key's shape {key_shape}", count_shape)
     count = _uint32s(where, f"{at}.count", entry["count"], math.prod(count_shape))
     return {
         "typed": typed,

@@ -24,7 +24,7 @@ from datarax.checkpoint.manager_codec import (
     encode_manager,
 )
 from datarax.checkpoint.manager_template import built_alike, manager_differences
-from datarax.checkpoint.sync_save import run_now
+from datarax.checkpoint.sync_save import run_now, settle_refused_save
 from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
 
@@ -99,6 +99,7 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         try:
             doc = encode_manager(read_position(args.manager))
         except MetadataCheckpointError as e:
+            settle_refused_save()
             raise MetadataCheckpointError(
                 f"{e} The manager changed after its MetadataManagerSave was built; Orbax may "
                 "leave an unfinished temporary directory for this step, which it removes when "

@@ -6,8 +6,11 @@ the manifest: the number of processes, the step, and for every file of the item 
 and sha256 (for a process document, the digest its header line gives; for a blob, the one
 its document gives; for Orbax's global-array files, their own). A restore reads the
 manifest first and refuses a document (or array file) that is not the one listed: a file
-copied from another save, step or run. A format-version-2 item without a manifest never
-finished saving. Version 1 items have no manifest and restore as before.
+copied from another save, step or run. Saved by a ``CheckpointManager``, it also records
+the step's start (``step_started``, see :mod:`~datarax.checkpoint.step_tie`), so a whole
+item copied from another run's step of the same number is refused too. A format-version-2
+item without a manifest never finished saving. Version 1 items have no manifest and
+restore as before.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from datarax.checkpoint.documents import (
 )
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.safe_files import check_relative, read_item_file
+from datarax.checkpoint.step_tie import STEP_STARTED, check_step_started, step_started
 
 ITEM_MANIFEST = "item_manifest.jsonl"
 """Written by ``finalize`` once every process committed (format version 2)."""
@@ -45,6 +49,7 @@ ARRAYS_MANIFEST = "arrays_manifest.jsonl"
 """Format version 1's listing of Orbax's global-array files."""
 MANIFEST_KIND = "item_manifest"
 _MANIFEST_KEYS = {"format_version", "kind", "process_count", "step", "documents", "blobs", "files"}
+_OPTIONAL_KEYS = {STEP_STARTED}
 _FILE_LIMIT = MAX_DOCUMENT_BYTES + MAX_HEADER_BYTES + 1
 
 
@@ -103,6 +108,9 @@ def write_item_manifest(directory: epath.Path | str) -> None:
         "format_version": FORMAT_VERSION, "kind": MANIFEST_KIND, "process_count": count,
         "step": step_of(directory), "documents": documents, "blobs": blobs, "files": files,
     }  # fmt: skip
+    started = step_started(directory)
+    if started is not None:
+        manifest[STEP_STARTED] = started
     data = dumps_document(manifest)
     final = os.path.join(os.fspath(directory), ITEM_MANIFEST)
     if local_name(directory) is None:
@@ -125,7 +133,9 @@ def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, s
             return None, path
         raise
     _, manifest = parse_document(data, path)
-    if set(manifest) != _MANIFEST_KEYS or manifest["kind"] != MANIFEST_KIND:
+    if not _MANIFEST_KEYS <= set(manifest) <= _MANIFEST_KEYS | _OPTIONAL_KEYS or (
+        manifest["kind"] != MANIFEST_KIND
+    ):
         raise damaged(path, f"not an item manifest (keys {sorted(manifest)[:10]})")
     count, step = manifest["process_count"], manifest["step"]
     step_ok = step is None or (type(step) is int and step >= 0)
@@ -137,6 +147,7 @@ def read_manifest(directory: epath.Path | str) -> tuple[dict[str, Any] | None, s
         for rel, entry in manifest[section].items():
             check_relative(rel, path)
             check_entry(entry, path)
+    check_step_started(directory, manifest, path)
     return manifest, path
 
 

@@ -44,7 +44,7 @@ from datarax.checkpoint.manifest import (
 from datarax.checkpoint.metadata_schema import check_document
 from datarax.checkpoint.safe_files import read_item_file
 from datarax.checkpoint.shardings import missing_devices_note
-from datarax.checkpoint.sync_save import run_now
+from datarax.checkpoint.sync_save import run_now, settle_refused_save
 
 
 class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
@@ -116,7 +116,11 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                 save of that step replaces).
         """
         check_args("MetadataCheckpointHandler", "save", args, MetadataSave, "...")
-        encoded = args.take_snapshot()
+        try:
+            encoded = args.take_snapshot()
+        except MetadataCheckpointError:
+            settle_refused_save()
+            raise
         directory = epath.Path(directory)
         futures: list[ocp.future.Future] = []
         if encoded.global_arrays:
