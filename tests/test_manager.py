@@ -201,6 +201,8 @@ def test_batch_equals_a_loop_of_create_metadata(n, use_rngs, str_keys, shard, be
         (lambda: MetadataManager(shard_id="0"), TypeError, "shard_id"),
         (lambda: MetadataManager().create_metadata("k" * 129), ValueError, "129 UTF-8"),
         (lambda: MetadataManager().create_metadata("a\x00"), ValueError, "NUL"),
+        (lambda: MetadataManager().create_metadata("\ud800"), ValueError, "lone surrogate"),
+        (lambda: MetadataManager().create_batch_metadata(["a", "b\udc80"]), ValueError, "surrog"),
         (lambda: MetadataManager().create_metadata(0, source_info=[1]), TypeError, "source_info"),
         (lambda: MetadataManager().create_batch_metadata([1, "a"]), TypeError, "all ints or all"),
         (lambda: MetadataManager().create_batch_metadata([1.5]), TypeError, "all ints or all"),

@@ -111,6 +111,11 @@ def test_key_with_nul_is_refused():
         Metadata(key="a\x00b")
 
 
+def test_key_with_a_lone_surrogate_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"lone surrogate \('\\udc80' at position 1\)"):
+        Metadata(key="a\udc80b")
+
+
 def test_entry_key_inside_a_trace_says_it_cannot_decode():
     seen = []
 

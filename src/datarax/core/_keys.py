@@ -32,12 +32,19 @@ def encode_key_bytes(key: object) -> np.ndarray:
 
     Raises:
         TypeError: ``key`` is not a ``str``.
-        ValueError: ``key`` is longer than 128 UTF-8 bytes or contains a NUL character
-            (which the zero padding could not tell apart from the end of the key).
+        ValueError: ``key`` is longer than 128 UTF-8 bytes, contains a NUL character
+            (which the zero padding could not tell apart from the end of the key) or a lone
+            surrogate (which UTF-8 cannot encode).
     """
     if not isinstance(key, str):
         raise TypeError(f"A record key must be a str, got {type(key).__name__}: {key!r}.")
-    data = key.encode("utf-8")
+    try:
+        data = key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"Record key {key[:32]!r} holds a lone surrogate ({key[e.start]!r} at position "
+            f"{e.start}), which UTF-8 cannot encode; use a key of valid Unicode text."
+        ) from None
     if len(data) > MAX_KEY_LENGTH:
         raise ValueError(
             f"Record key is {len(data)} UTF-8 bytes long; at most {MAX_KEY_LENGTH} are accepted "

@@ -139,11 +139,14 @@ class MetadataManager(nnx.Module):
             each advance by one.
 
         Raises:
-            ValueError: A ``str`` record key longer than 128 UTF-8 bytes or with a NUL.
+            ValueError: A ``str`` record key longer than 128 UTF-8 bytes, with a NUL or with
+                a lone surrogate.
             TypeError: ``source_info`` is not a dict.
         """
-        if type(record_key) is str and (len(record_key) > 32 or "\x00" in record_key):
-            encode_key_bytes(record_key)  # 32 characters are at most 128 bytes
+        if type(record_key) is str and (
+            len(record_key) > 32 or "\x00" in record_key or not record_key.isascii()
+        ):  # 32 ASCII characters without a NUL always encode
+            encode_key_bytes(record_key)
         if source_info is not None and type(source_info) is not dict:
             check_source_info(source_info)
         with POSITION_LOCK:
