@@ -112,7 +112,8 @@ def build_manager(position: Position) -> MetadataManager:
         (True, True)
     """
     streams = position.streams
-    skeleton = _skeleton(None if streams is None else tuple(streams), position.track_batches)
+    names = None if streams is None else tuple(streams)
+    skeleton = _skeleton(names, position.track_batches, position.shard_id)
     leaves = list(skeleton.leaves)
     for k, at in skeleton.state_at:
         leaves[at] = position.state[k]
@@ -124,8 +125,6 @@ def build_manager(position: Position) -> MetadataManager:
     if position.state["batch_idx"] is not None and not position.track_batches:
         # Not a leaf of the template (its batch_idx is None): set as held.
         manager.state.set_raw_value({k: position.state[k] for k in STATE_KEYS})
-    if position.shard_id is not None:
-        manager.shard_id = position.shard_id
     return manager
 
 
@@ -139,13 +138,16 @@ class _Skeleton(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _skeleton(names: tuple[str, ...] | None, track_batches: bool) -> _Skeleton:
+def _skeleton(
+    names: tuple[str, ...] | None, track_batches: bool, shard_id: int | None
+) -> _Skeleton:
     """The pytree of a manager built by the constructor with streams ``names`` (in this
-    order: ``streams_at[i]`` is where stream ``names[i]``'s key and count go) and
-    ``track_batches``."""
+    order: ``streams_at[i]`` is where stream ``names[i]``'s key and count go),
+    ``track_batches`` and ``shard_id`` (static, part of the tree's structure: setting it on
+    the rebuilt manager would cost more than the rest of the rebuild)."""
     # One key for every stream (the leaves are placeholders): no key is derived per stream.
     rngs = None if names is None else nnx.Rngs(**dict.fromkeys(names, jax.random.key(0)))
-    manager = MetadataManager(rngs=rngs, track_batches=track_batches)
+    manager = MetadataManager(rngs=rngs, track_batches=track_batches, shard_id=shard_id)
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(manager)
     at = {_path_names(path): i for i, (path, _) in enumerate(with_paths)}
     state_at = tuple(
