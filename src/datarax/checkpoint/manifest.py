@@ -175,6 +175,7 @@ def read_item_document(
             run), the item was copied from another step, the document is of another kind,
             or saved by a different number of processes.
     """
+    directory = os.fspath(directory)  # once: an epath.Path builds its string at every use
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     manifest, manifest_path = read_manifest(directory)
