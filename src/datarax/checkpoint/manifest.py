@@ -113,7 +113,7 @@ def write_item_manifest(directory: epath.Path | str) -> None:
         manifest[STEP_STARTED] = started
     data = dumps_document(manifest)
     final = os.path.join(os.fspath(directory), ITEM_MANIFEST)
-    if local_name(directory) is None:
+    if local is None:
         write_bytes(final, data)
         return
     temporary = f"{final}.tmp-{os.getpid()}"

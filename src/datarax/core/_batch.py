@@ -28,16 +28,12 @@ _REFUSED = (
 def record_key_array(record_keys: Any) -> np.ndarray | jax.Array:
     """``record_keys`` as a 1-D NumPy array of integers or of strings, checked; a traced
     integer array (inside a JAX transformation) as it is, as a record would hold it."""
+    keys: np.ndarray | jax.Array
     if isinstance(record_keys, jax.Array):
         if not jnp.issubdtype(record_keys.dtype, jnp.integer):
             raise TypeError(_REFUSED.format(f"a JAX array of dtype {record_keys.dtype}"))
-        if isinstance(record_keys, jax.core.Tracer):
-            if record_keys.ndim != 1:
-                raise ValueError(
-                    f"record_keys must be 1-D (one key per record), got shape {record_keys.shape}."
-                )
-            return record_keys
-        keys = np.asarray(record_keys)
+        traced = isinstance(record_keys, jax.core.Tracer)  # held as it is, as a record holds it
+        keys = record_keys if traced else np.asarray(record_keys)
     elif isinstance(record_keys, np.ndarray):
         keys = record_keys
     else:
@@ -48,6 +44,8 @@ def record_key_array(record_keys: Any) -> np.ndarray | jax.Array:
         keys = np.asarray(record_keys, dtype=np.int64 if not types or types <= _INT_TYPES else None)
     if keys.ndim != 1:
         raise ValueError(f"record_keys must be 1-D (one key per record), got shape {keys.shape}.")
+    if isinstance(keys, jax.core.Tracer):
+        return keys
     kind = keys.dtype.kind
     if kind in "iu":
         return keys
