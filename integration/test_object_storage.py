@@ -149,7 +149,7 @@ def assert_damage_is_an_error(lines: list[str], items: tuple[str, ...]) -> None:
     damaged = [line for line in lines if line.startswith("damaged ")]
     for item in items:
         assert any(line.startswith(f"damaged {item} process_0.jsonl: ") for line in damaged)
-    assert len(damaged) == len(items) + 1, damaged  # and one more file of the sharded item
+    assert len(damaged) >= len(items), damaged  # and the sharded item's other files, if any
     for line in damaged:
         _, _, rest = line.partition(" ")
         _, name, error = rest.split(" ", 2)
@@ -226,18 +226,17 @@ def transfers(records: list[dict[str, Any]], item: str, api: str, op: str) -> tu
 @pytest.mark.parametrize("op", ["save", "restore"])
 @pytest.mark.parametrize(("store", "item"), [("gs", "data"), ("gs", "batch"), ("s3", "data"),
                                              ("s3", "batch")])  # fmt: skip
-def test_items_make_one_request_more_than_json_the_manifest(request_counts, store, item, op):
+def test_items_make_no_more_requests_than_json(request_counts, store, item, op):
     # Requests naming the item's directory or its files: the rest is Orbax's per-step work,
     # the same for both. JsonSave holds the item's own process_0.jsonl document. Only the
     # objects sent and read are compared: how many existence checks gcsfs makes varies from
-    # run to run with what its listing cache holds (the figures are printed). The one object
-    # more is item_manifest.jsonl (written once, read once), which ties the document to its
-    # save: without it a document from another run at the same step would restore silently.
+    # run to run with what its listing cache holds (the figures are printed). A single
+    # process's item is its document alone (it ties itself to its step's save), so it sends
+    # and reads as many objects as JsonSave; a restore asks whether a manifest is there.
     (ours, requests), (json_, json_requests) = (
         transfers(request_counts[store], item, api, op) for api in ("datarax", "json")
     )
-    assert ours <= json_ + 1, f"{requests}\n{json_requests}"
-    assert "item_manifest.jsonl" in requests, requests
+    assert ours <= json_, f"{requests}\n{json_requests}"
 
 
 @pytest.mark.timeout(200)

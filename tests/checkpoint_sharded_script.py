@@ -104,8 +104,9 @@ def main() -> None:
         print("restored into the target's shardings")
 
         item_dir = pathlib.Path(tmp) / "1" / "meta"
-        # Held whole by this process: no Orbax files, the shardings are in the document.
-        assert _files(item_dir) == ["item_manifest.jsonl", "process_0.jsonl"]
+        # Held whole by this process: no Orbax files, the shardings are in the document,
+        # which is the whole item (no manifest).
+        assert _files(item_dir) == ["process_0.jsonl"]
         assert (item_dir / "process_0.jsonl").read_text().count('"sharding"') == 4
         _check_every_damage(item_dir)
         _check_mixed_saves(pathlib.Path(tmp), item)
@@ -174,7 +175,7 @@ def _check_large_batch(sharding: NamedSharding) -> None:
             restored = mngr.restore(1, args=ocp.args.Composite(meta=MetadataRestore()))
         assert_exact(restored["meta"], item, check_sharding=True)
         item_dir = pathlib.Path(tmp) / "1" / "meta"
-        assert _files(item_dir) == ["item_manifest.jsonl", "process_0.bin", "process_0.jsonl"]
+        assert _files(item_dir) == ["process_0.bin", "process_0.jsonl"]
         doc = (item_dir / "process_0.jsonl").read_text()
         assert '"fill":[9,1,256]' in doc and '"fill":[0,0]' in doc, doc[:2000]
         _check_every_damage(item_dir)

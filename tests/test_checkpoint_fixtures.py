@@ -7,6 +7,7 @@ never regenerated. The values below are spelled out, not recomputed by that scri
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import shutil
 
@@ -118,6 +119,80 @@ def test_format_version_2_fixtures_restore_through_checkpoint_manager(tmp_path):
     _check_batch(restored["batch"])
 
 
+WHOLE = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v2_whole" / "7"
+
+
+def _check_big(big: Metadata) -> None:
+    assert type(big.index) is np.ndarray and big.index.dtype == np.int64
+    np.testing.assert_array_equal(big.index, (np.arange(20_000, dtype=np.int64) * 7) % 1009)
+    assert (big.epoch, big.global_step, big.rng_key, big.source_info) == (0, 0, None, None)
+
+
+def test_whole_item_fixture_files_have_no_manifest():
+    assert sorted(p.name for p in WHOLE.iterdir()) == [
+        "_CHECKPOINT_METADATA", "batch", "big", "manager", "metadata",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (WHOLE / "big").iterdir()) == ["process_0.bin", "process_0.jsonl"]
+    started = json.loads((WHOLE / "_CHECKPOINT_METADATA").read_text())["init_timestamp_nsecs"]
+    for item in ("manager", "metadata", "batch"):
+        assert [p.name for p in (WHOLE / item).iterdir()] == ["process_0.jsonl"]
+    for item in ("manager", "metadata", "batch", "big"):
+        body = (WHOLE / item / "process_0.jsonl").read_bytes().split(b"\n")[1]
+        save = json.loads(body)["save"]
+        assert (save["step"], save["step_started"]) == (7, started)
+
+
+def test_whole_item_fixtures_restore_through_checkpoint_manager(tmp_path):
+    shutil.copytree(WHOLE, tmp_path / "7")
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        restored = mngr.restore(
+            7,
+            args=ocp.args.Composite(
+                manager=MetadataManagerRestore(_template()),
+                metadata=MetadataRestore(_metadata_item()),
+                batch=MetadataRestore(),
+                big=MetadataRestore(),
+            ),
+        )
+    _check_manager(restored["manager"])
+    assert_exact(restored["metadata"], _metadata_item())
+    _check_batch(restored["batch"])
+    _check_big(restored["big"])
+
+
+def test_whole_item_fixtures_restore_through_handlers():
+    _check_manager(MetadataManagerCheckpointHandler().restore(epath.Path(WHOLE / "manager")))
+    handler = MetadataCheckpointHandler()
+    assert_exact(handler.restore(epath.Path(WHOLE / "metadata")), _metadata_item())
+    _check_batch(handler.restore(epath.Path(WHOLE / "batch")))
+    _check_big(handler.restore(epath.Path(WHOLE / "big")))
+
+
+@pytest.mark.parametrize("item", ["manager", "batch", "big"])
+def test_a_whole_item_fixture_beside_another_saves_step_metadata_is_refused(tmp_path, item):
+    shutil.copytree(WHOLE, tmp_path / "7")
+    metadata = json.loads((tmp_path / "7" / "_CHECKPOINT_METADATA").read_text())
+    metadata["init_timestamp_nsecs"] += 1
+    (tmp_path / "7" / "_CHECKPOINT_METADATA").write_text(json.dumps(metadata))
+    handler = (
+        MetadataManagerCheckpointHandler() if item == "manager" else MetadataCheckpointHandler()
+    )
+    with pytest.raises(
+        MetadataCheckpointError,
+        match=rf"7/{item}/process_0\.jsonl: the item was saved in the step whose save started at "
+        rf"{metadata['init_timestamp_nsecs'] - 1} ns, but \S+/7/_CHECKPOINT_METADATA says "
+        rf"{metadata['init_timestamp_nsecs']}",
+    ):
+        handler.restore(epath.Path(tmp_path / "7" / item))
+
+
+def test_a_version_2_document_that_is_not_whole_needs_its_manifest(tmp_path):
+    shutil.copytree(V2, tmp_path / "7")
+    (tmp_path / "7" / "metadata" / "item_manifest.jsonl").unlink()
+    with pytest.raises(MetadataCheckpointError, match=r"item_manifest\.jsonl: missing.*never"):
+        MetadataCheckpointHandler().restore(epath.Path(tmp_path / "7" / "metadata"))
+
+
 # --- files from another save, step or run (issue 8, item 3) ----------------------------------
 
 
@@ -148,7 +223,11 @@ def _restore(root: pathlib.Path, step: int, item: str):
 def test_a_document_copied_from_another_step_is_an_error_naming_it(tmp_path, item):
     _save_steps(tmp_path)
     shutil.copy(tmp_path / "1" / item / "process_0.jsonl", tmp_path / "2" / item)
-    with pytest.raises(MetadataCheckpointError, match=r"process_0\.jsonl: not the document"):
+    with pytest.raises(
+        MetadataCheckpointError,
+        match=r"process_0\.jsonl: the item was saved at step 1, but it is in the directory of "
+        r"step 2 .*copied from another step",
+    ):
         _restore(tmp_path, 2, item)
 
 
@@ -166,15 +245,12 @@ def test_a_document_from_another_run_at_the_same_step_is_an_error(tmp_path, item
     _save_steps(tmp_path / "a")
     _save_steps(tmp_path / "b")  # the same values: only the save differs
     shutil.copy(tmp_path / "a" / "2" / item / "process_0.jsonl", tmp_path / "b" / "2" / item)
-    with pytest.raises(MetadataCheckpointError, match=r"process_0\.jsonl: not the document"):
+    with pytest.raises(
+        MetadataCheckpointError,
+        match=r"process_0\.jsonl: the item was saved in the step whose save started at \d+ ns, "
+        r"but \S+/b/2/_CHECKPOINT_METADATA says \d+: the item was copied from another run",
+    ):
         _restore(tmp_path / "b", 2, item)
-
-
-def test_a_version_2_item_without_its_manifest_never_finished(tmp_path):
-    _save_steps(tmp_path)
-    (tmp_path / "2" / "meta" / "item_manifest.jsonl").unlink()
-    with pytest.raises(MetadataCheckpointError, match=r"item_manifest\.jsonl: missing.*never"):
-        _restore(tmp_path, 2, "meta")
 
 
 def test_each_step_restores_its_own_values(tmp_path):

@@ -160,6 +160,9 @@ def test_the_uncrafted_item_restores(tmp_path):
 
 
 def _craft_manifest(directory: pathlib.Path, files: dict[str, Any]) -> None:
+    """A manifest beside the item's document (a single process's item has none of its own,
+    but one that is there is read first, and checked), listing ``files``."""
+    write_item_manifest(epath.Path(directory))
     _resign(directory / "item_manifest.jsonl", lambda m: m.__setitem__("files", files))
 
 
@@ -178,7 +181,7 @@ def test_a_manifest_path_outside_the_item_is_refused_without_reading_it(tmp_path
 def test_a_fifo_is_refused_not_waited_on(tmp_path):
     for name in ("process_0.jsonl", "item_manifest.jsonl"):
         directory = _save(tmp_path / name)
-        (directory / name).unlink()
+        (directory / name).unlink(missing_ok=True)  # a single process's item has no manifest
         os.mkfifo(directory / name)
         with pytest.raises(MetadataCheckpointError, match=rf"{name}: it is a FIFO"):
             _restore(directory)

@@ -255,13 +255,12 @@ def test_document_is_plain_json_lines(tmp_path):
     manager = MetadataManager(rngs=nnx.Rngs(metadata=5), shard_id=2)
     manager.create_metadata(record_key=0)
     MetadataManagerCheckpointHandler().save(directory, MetadataManagerSave(manager))
-    assert sorted(p.name for p in directory.iterdir()) == [
-        "item_manifest.jsonl",
-        "process_0.jsonl",
-    ]
+    assert [p.name for p in directory.iterdir()] == ["process_0.jsonl"]  # the whole item
     header, body = (directory / "process_0.jsonl").read_text().split("\n")
     assert json.loads(header)["format_version"] == FORMAT_VERSION
     doc = json.loads(body)
+    assert set(doc["save"]) == {"nonce", "step", "step_started"}
+    assert (doc["save"]["step"], doc["save"]["step_started"]) == (None, None)  # no Orbax step
     assert doc["state"] == {"global_step": 1, "epoch": 0, "index": 1, "batch_idx": None}
     assert doc["shard_id"] == 2
     assert doc["rngs"]["metadata"] == {

@@ -31,8 +31,8 @@ from datarax.checkpoint.v1_handlers import MetadataHandler, MetadataManagerHandl
 from datarax.checkpoint.v1_registration import v1_typestr
 from datarax.core.metadata import Metadata, MetadataManager
 
-# Format version 2 ties an item's files together in a manifest written at the end of the save.
-ITEM_FILES = ["item_manifest.jsonl", "process_0.jsonl"]
+# A single process's item is its document alone (format version 2, whole-item layout).
+ITEM_FILES = ["process_0.jsonl"]
 SCRIPT = pathlib.Path(__file__).parent / "orbax_v1_sharded_script.py"
 MULTIPROCESS = pathlib.Path(__file__).parent / "orbax_v1_multiprocess_script.py"
 
@@ -272,7 +272,7 @@ def test_checkpoint_manager_restores_a_v1_metadata_item_with_no_args(tmp_path):
     assert_exact(restored["batch"], batch)
 
 
-def test_sharded_items_through_v1_get_their_manifest_and_detect_damage():
+def test_sharded_items_through_v1_are_whole_documents_and_detect_damage():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(

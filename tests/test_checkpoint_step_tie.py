@@ -1,6 +1,7 @@
 """A whole item copied from another run's step of the same number is refused, naming the
-files: the item's manifest records the start of the step it was saved in, which Orbax's
-``_CHECKPOINT_METADATA`` beside the item must repeat. Whole steps copied are fine."""
+files: the item's document (a single process's item, which has no manifest) or its manifest
+records the start of the step it was saved in, which Orbax's ``_CHECKPOINT_METADATA`` beside
+the item must repeat. Whole steps copied are fine."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_a_whole_item_from_another_run_at_the_same_step_is_refused(runs, tmp_pat
     shutil.copytree(b / "1" / item, mixed / "1" / item)
     with pytest.raises(MetadataCheckpointError, match="copied from another run") as e:
         _restore(mixed, item)
-    assert f"1/{item}/item_manifest.jsonl" in str(e.value)
+    assert f"1/{item}/process_0.jsonl" in str(e.value)
     assert "1/_CHECKPOINT_METADATA" in str(e.value)
     report = verify(mixed, step=1)
     assert not report.ok
@@ -88,9 +89,13 @@ def test_whole_steps_copied_between_runs_restore_exactly(runs, tmp_path):
     assert restored.state.get_value()["index"] == 4  # run b's step 1: 1 + 3 records
     assert _restore(mixed, "batch").index[:3].tolist() == [0, 4, 8]
     for root in (a, b):  # async and sync saves both record the step's start
-        manifest = (root / "1" / "batch" / "item_manifest.jsonl").read_bytes().split(b"\n")[1]
         step_metadata = json.loads((root / "1" / "_CHECKPOINT_METADATA").read_text())
-        assert json.loads(manifest)["step_started"] == step_metadata["init_timestamp_nsecs"]
+        for item in ("batch", "data"):
+            assert not (root / "1" / item / "item_manifest.jsonl").exists()
+            doc = (root / "1" / item / "process_0.jsonl").read_bytes().split(b"\n")[1]
+            save = json.loads(doc)["save"]
+            assert save["step"] == 1
+            assert save["step_started"] == step_metadata["init_timestamp_nsecs"]
 
 
 def test_an_item_moved_out_of_its_step_still_restores(runs, tmp_path):

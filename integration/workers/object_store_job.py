@@ -6,8 +6,8 @@ named by ``--items``: ``model`` (``StandardSave``), ``data`` (``MetadataManagerS
 ``batch`` (``MetadataSave`` of the step's batch) and ``sharded`` (the same batch spread over
 8 CPU devices). With ``--resume`` it restores the latest step first and writes
 ``restored <json>`` (what came back) and ``start STEP``. With ``--damage`` it then overwrites
-one byte of each datarax item's ``process_0.jsonl`` (and of the sharded item's largest other
-file) in the bucket, restores, and writes ``damaged <item> <file>: <error>`` for each.
+one byte of each datarax item's ``process_0.jsonl`` (and of each other file of the sharded
+item) in the bucket, restores, and writes ``damaged <item> <file>: <error>`` for each.
 Writes ``saving STEP`` (then waits to be killed, with ``--announce-save``) and ``done``.
 """
 
@@ -101,9 +101,9 @@ def damage(mngr: ocp.CheckpointManager, items: list[str], model: Any, manager: A
     for item in [name for name in items if name != "model"]:
         folder = epath.Path(mngr.directory) / str(step) / item
         targets = [folder / "process_0.jsonl"]
-        if item == "sharded":  # also its largest other file (its arrays' data)
-            others = [p for p in _files(folder) if p.name != "process_0.jsonl"]
-            targets.append(max(others, key=lambda p: p.stat().length))
+        if item == "sharded":  # also its other files (its arrays' data, a manifest), if any
+            ours = [p for p in _files(folder) if p.name != "commit_success.txt"]
+            targets.extend(sorted(p for p in ours if p.name != "process_0.jsonl"))
         for path in targets:
             data = path.read_bytes()
             middle = len(data) // 2

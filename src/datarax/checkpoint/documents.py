@@ -176,15 +176,25 @@ _WRITTEN_LOCK = threading.Lock()
 _WRITTEN_KEPT = 256
 
 
-def write_document(path: epath.Path | str, doc: dict[str, Any]) -> None:
+def write_document(
+    path: epath.Path | str, doc: dict[str, Any], *, tie: dict[str, Any] | None = None
+) -> None:
     """Writes one document file. A process document (one with a ``process_index``) without
     a ``save`` entry gets one (see :func:`save_stamp`), naming this save and its step; its
-    size and sha256 are remembered for :func:`written_header` (the manifest needs them)."""
+    size and sha256 are remembered for :func:`written_header` (the manifest needs them).
+
+    Args:
+        path: The file to write.
+        doc: The document.
+        tie: For a document that is its whole item (no manifest will list it), what its
+            ``save`` entry adds to tie it to its step (see
+            :func:`~datarax.checkpoint.step_tie.whole_item_tie`).
+    """
     if "process_index" in doc and "save" not in doc:
-        doc = stamp(doc, epath.Path(path).parent)
+        doc = stamp(doc, epath.Path(path).parent, tie)
     data = dumps_document(doc)
     write_bytes(path, data)
-    if "process_index" in doc:
+    if "process_index" in doc and tie is None:
         header = json.loads(data[: data.index(b"\n")])
         with _WRITTEN_LOCK:
             if len(_WRITTEN) >= _WRITTEN_KEPT:  # saves that never finalized
@@ -197,11 +207,6 @@ def written_header(path: epath.Path | str) -> dict[str, Any] | None:
     asked for), or ``None``: then read it from the file."""
     with _WRITTEN_LOCK:
         return _WRITTEN.pop(os.fspath(path), None)
-
-
-async def write_document_async(path: epath.Path | str, doc: dict[str, Any]) -> None:
-    """:func:`write_document`, as the coroutine an Orbax commit future runs."""
-    write_document(path, doc)
 
 
 def process_header(kind: str) -> dict[str, Any]:
@@ -234,13 +239,17 @@ def save_stamp(item_directory: epath.Path | str) -> dict[str, Any]:
     return {"nonce": secrets.token_hex(16), "step": step_of(item_directory)}
 
 
-def stamp(doc: dict[str, Any], item_directory: epath.Path | str) -> dict[str, Any]:
-    """``doc`` with a ``save`` entry (placed after the process header fields)."""
+def stamp(
+    doc: dict[str, Any], item_directory: epath.Path | str, tie: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``doc`` with a ``save`` entry (placed after the process header fields), to which
+    ``tie`` (a whole item's) is added."""
+    save = save_stamp(item_directory) if tie is None else {**save_stamp(item_directory), **tie}
     out: dict[str, Any] = {}
     for key, value in doc.items():
         out[key] = value
         if key == "process_count":
-            out["save"] = save_stamp(item_directory)
+            out["save"] = save
     if "save" not in out:
-        out["save"] = save_stamp(item_directory)
+        out["save"] = save
     return out

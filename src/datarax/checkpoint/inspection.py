@@ -257,7 +257,8 @@ def _scan_step_files(
             _scan_item(directory, name, handler, deep=deep, keys=keys, progress=progress)
         )
     if deep:
-        report.problems.extend(commit_problems(step_dir, present))
+        remote_step = step is not None and local_name(os.fspath(step_dir)) is None
+        report.problems.extend(commit_problems(step_dir, present, marks_commit=remote_step))
     return report
 
 

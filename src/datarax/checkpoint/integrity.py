@@ -33,7 +33,6 @@ from datarax.checkpoint.documents import (
     process_file_name,
     process_header,
     write_document,
-    write_document_async,
 )
 from datarax.checkpoint.manifest import (
     ARRAYS_MANIFEST,
@@ -50,7 +49,7 @@ __all__ = [
     "ItemDocument", "blob_file_name", "dumps_document", "hash_files", "loads_document",
     "parse_document", "process_file_name", "process_header", "read_document",
     "read_item_document", "read_process_document", "verify_files", "write_document",
-    "write_document_async", "write_item_manifest",
+    "write_item_manifest",
 ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from datarax.checkpoint.errors import MetadataCheckpointError, check_args
 from datarax.checkpoint.integrity import (
     process_file_name,
     read_process_document,
-    write_document_async,
+    write_document,
     write_item_manifest,
 )
 from datarax.checkpoint.manager_codec import (
@@ -24,6 +24,7 @@ from datarax.checkpoint.manager_codec import (
     encode_manager,
 )
 from datarax.checkpoint.manager_template import built_alike, manager_differences
+from datarax.checkpoint.step_tie import whole_item_tie
 from datarax.checkpoint.sync_save import run_now, settle_refused_save
 from datarax.core._position import build_manager, read_position
 from datarax.core.metadata import MetadataManager
@@ -108,17 +109,14 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         path = epath.Path(directory) / process_file_name(doc["process_index"])
         return [
             ocp.future.CommitFutureAwaitingContractedSignals(
-                write_document_async(path, doc), name="datarax_manager_save"
+                _write_manager(path, doc), name="datarax_manager_save"
             )
         ]
 
     def save(self, directory: epath.Path, args: MetadataManagerSave) -> None:
         """Saves synchronously: :meth:`async_save`, then its commit future, now. A single
-        process's item is then complete: its manifest is written (``finalize``, which Orbax's
-        checkpointers call next, writes the same one)."""
+        process's item is then complete (its document is the whole item)."""
         run_now(self.async_save(directory, args))
-        if jax.process_count() == 1:
-            write_item_manifest(directory)
 
     def restore(
         self, directory: epath.Path, args: MetadataManagerRestore | None = None
@@ -164,9 +162,19 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         return describe_manager(doc, where)
 
     def finalize(self, directory: epath.Path) -> None:
-        """Writes ``item_manifest.jsonl``, which ties every process's file to this save.
-        Orbax runs this once, on its primary process, after every process committed."""
-        write_item_manifest(directory)
+        """For an item saved by several processes, writes ``item_manifest.jsonl``, which ties
+        every process's file to this save. Orbax runs this once, on its primary process,
+        after every process committed. A single process's document is the whole item and
+        ties itself to its step: nothing is written."""
+        if jax.process_count() > 1:
+            write_item_manifest(directory)
+
+
+async def _write_manager(path: epath.Path, doc: dict[str, Any]) -> None:
+    """Writes this process's document: the whole item's, tied to its step, when this job
+    runs one process."""
+    tie = whole_item_tie(path.parent) if jax.process_count() == 1 else None
+    write_document(path, doc, tie=tie)
 
 
 @ocp.args.register_with_handler(MetadataManagerCheckpointHandler, for_save=True)

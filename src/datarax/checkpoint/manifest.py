@@ -189,12 +189,15 @@ def read_item_document(
         raise _count_mismatch(path, manifest["process_count"], count)
     header, doc = parse_document(data, path)
     if manifest is None:
-        if header["format_version"] >= 2:
+        if header["format_version"] >= 2 and not _is_whole(doc):
             raise MetadataCheckpointError(
                 f"{manifest_path}: missing. An item of format version "
-                f"{header['format_version']} gets its manifest once every process has "
-                "committed, so this save never finished; restore an earlier step."
+                f"{header['format_version']} saved by several processes, or with Orbax's "
+                "array files, gets its manifest once every process has committed, so this "
+                "save never finished; restore an earlier step."
             )
+        if header["format_version"] >= 2:
+            _check_whole(directory, doc, path)
     else:
         _check_tie(directory, doc, header, manifest, path, manifest_path)
     if doc.get("kind") != kind:
@@ -253,7 +256,7 @@ def _missing_document(
 
 
 def _check_tie(
-    directory: epath.Path | str,
+    directory: str,
     doc: dict[str, Any],
     header: dict[str, Any],
     manifest: dict[str, Any],
@@ -272,24 +275,58 @@ def _check_tie(
             "step directories only."
         )
     if header["format_version"] >= 2:
-        save = doc.get("save")
-        if (
-            type(save) is not dict
-            or set(save) != {"nonce", "step"}
-            or type(save["nonce"]) is not str
-            or not re.fullmatch(r"[0-9a-f]{32}", save["nonce"])
-            or not (save["step"] is None or type(save["step"]) is int)
-        ):
-            raise damaged(path, "its 'save' entry is missing or malformed")
+        whole = _is_whole(doc)
+        save = _save_entry(
+            doc, path, {"nonce", "step", STEP_STARTED} if whole else {"nonce", "step"}
+        )
+        if whole:  # a whole item's document, listed in a manifest written afterwards
+            check_step_started(directory, save, path)
         if save["step"] != manifest["step"]:
             raise MetadataCheckpointError(
                 f"{path}: saved at step {save['step']}, but {manifest_path} says step "
                 f"{manifest['step']}: files from two saves are mixed in this item."
             )
+    _check_step_directory(directory, manifest["step"], manifest_path, path)
+
+
+def _save_entry(doc: dict[str, Any], path: str, keys: set[str]) -> dict[str, Any]:
+    """The document's ``save`` entry, checked: ``keys``, a 32-hex nonce, an int or null step
+    (and ``step_started``, where ``keys`` has it, an int or null)."""
+    save = doc.get("save")
+    if (
+        type(save) is not dict
+        or set(save) != keys
+        or type(save["nonce"]) is not str
+        or not re.fullmatch(r"[0-9a-f]{32}", save["nonce"])
+        or not (save["step"] is None or type(save["step"]) is int)
+        or not (save.get(STEP_STARTED) is None or type(save[STEP_STARTED]) is int)
+    ):
+        raise damaged(path, "its 'save' entry is missing or malformed")
+    return save
+
+
+def _check_step_directory(directory: str, step: int | None, tie_path: str, path: str) -> None:
     here = step_of(directory)
-    if here is not None and manifest["step"] is not None and here != manifest["step"]:
+    if here is not None and step is not None and here != step:
         raise MetadataCheckpointError(
-            f"{manifest_path}: the item was saved at step {manifest['step']}, but it is in "
-            f"the directory of step {here} ({path}): it was copied from another step. "
-            f"Restore step {manifest['step']} where it was saved, or an earlier step."
+            f"{tie_path}: the item was saved at step {step}, but it is in the directory of "
+            f"step {here} ({path}): it was copied from another step. Restore step {step} "
+            "where it was saved, or an earlier step."
         )
+
+
+def _is_whole(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` says it is its whole item (its ``save`` entry has ``step_started``):
+    saved by one process, with no files but its own, and no manifest."""
+    save = doc.get("save")
+    return type(save) is dict and STEP_STARTED in save
+
+
+def _check_whole(directory: str, doc: dict[str, Any], path: str) -> None:
+    """A document that is its whole item: saved by one process, in the step it is in, and
+    in that step's save (the ``step_started`` it records is the step's)."""
+    save = _save_entry(doc, path, {"nonce", "step", STEP_STARTED})
+    if doc.get("process_count") != 1:
+        raise damaged(path, "a whole-item document of more than one process")
+    _check_step_directory(directory, save["step"], path, path)
+    check_step_started(directory, {"step": save["step"], STEP_STARTED: save[STEP_STARTED]}, path)

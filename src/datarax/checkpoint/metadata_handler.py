@@ -44,6 +44,7 @@ from datarax.checkpoint.manifest import (
 from datarax.checkpoint.metadata_schema import check_document
 from datarax.checkpoint.safe_files import read_item_file
 from datarax.checkpoint.shardings import missing_devices_note
+from datarax.checkpoint.step_tie import whole_item_tie
 from datarax.checkpoint.sync_save import run_now, settle_refused_save
 
 
@@ -132,9 +133,10 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                 )
                 or []
             )
+        whole = not encoded.global_arrays and jax.process_count() == 1
         futures.append(
             ocp.future.CommitFutureAwaitingContractedSignals(
-                _write_process_async(directory, encoded), name="datarax_metadata_save"
+                _write_process_async(directory, encoded, whole), name="datarax_metadata_save"
             )
         )
         return futures
@@ -142,17 +144,16 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     def save(self, directory: epath.Path, args: MetadataSave) -> None:
         """Saves synchronously: :meth:`async_save`, then its commit futures, now. Call
         :meth:`finalize` afterwards, as Orbax's checkpointers do; a single process's item
-        without global arrays is complete without it (its manifest is written now)."""
+        without global arrays is complete without it (its document is the whole item)."""
         run_now(self.async_save(directory, args))
-        with self._lock:
-            arrays = str(epath.Path(directory)) in self._pending_manifests
-        if not arrays and jax.process_count() == 1:
-            write_item_manifest(directory)
 
     def finalize(self, directory: epath.Path) -> None:
-        """Finishes Orbax's array files (if any) and writes ``item_manifest.jsonl``, which
-        lists every file of the item. Orbax calls this on its primary process only, once
-        every process has committed (after its ``async_write_complete`` barrier).
+        """Finishes Orbax's array files (if any) and, for an item saved by several
+        processes or with Orbax's array files, writes ``item_manifest.jsonl``, which lists
+        every file of the item. Orbax calls this on its primary process only, once every
+        process has committed (after its ``async_write_complete`` barrier). A single
+        process's other items need nothing more: the document, written last, is the whole
+        item and ties itself to its step.
         """
         with self._lock:
             arrays = str(directory) in self._pending_manifests
@@ -160,7 +161,8 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         directory = epath.Path(directory)
         if arrays:
             self._arrays.finalize(directory)
-        write_item_manifest(directory)
+        if arrays or jax.process_count() > 1:
+            write_item_manifest(directory)
 
     def restore(self, directory: epath.Path, args: MetadataRestore | None = None) -> Any:
         """Restores the item: into ``args.target``'s structure and shardings when given,
@@ -248,9 +250,10 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
             self._arrays_handler.close()
 
 
-def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
+def _write_process(directory: epath.Path, encoded: EncodedItem, whole: bool) -> None:
     """Lays out this process's arrays and writes its blob (if any), hashed on another thread
-    meanwhile (writes and sha256 release the GIL), then its document."""
+    meanwhile (writes and sha256 release the GIL), then its document: the whole item's,
+    tied to its step, where ``whole``."""
     doc, parts = encoded.finish(digest=False)
     index = doc["process_index"]
     if parts:
@@ -263,11 +266,12 @@ def _write_process(directory: epath.Path, encoded: EncodedItem) -> None:
                 for part in parts:
                     f.write(part)
         doc["blob"]["sha256"] = digest.result()
-    write_document(directory / process_file_name(index), doc)
+    tie = whole_item_tie(directory) if whole else None
+    write_document(directory / process_file_name(index), doc, tie=tie)
 
 
-async def _write_process_async(directory: epath.Path, encoded: EncodedItem) -> None:
-    _write_process(directory, encoded)
+async def _write_process_async(directory: epath.Path, encoded: EncodedItem, whole: bool) -> None:
+    _write_process(directory, encoded, whole)
 
 
 _HASH_IN_BACKGROUND = 1 << 20

@@ -110,11 +110,19 @@ def _incomplete(path: epath.Path, what: str) -> str:
     )
 
 
-def commit_problems(step_dir: epath.Path, item_dirs: list[epath.Path]) -> list[Problem]:
+def commit_problems(
+    step_dir: epath.Path, item_dirs: list[epath.Path], *, marks_commit: bool = False
+) -> list[Problem]:
     """Orbax writes ``commit_success.txt`` into the step and every item directory; once any
-    of them has one, a missing one means files were deleted."""
+    of them has one, a missing one means files were deleted. Where ``marks_commit`` (a step
+    on object storage, which keeps its name while it is written), the step's own file is
+    what commits it: without it the save was interrupted, and Orbax does not list the step.
+    """
     dirs = [epath.Path(step_dir), *item_dirs]
     have = [(d / COMMIT_SUCCESS).exists() for d in dirs]
+    if marks_commit and not have[0]:
+        path = dirs[0] / COMMIT_SUCCESS
+        return [Problem(str(path), _incomplete(path, "missing: the step was never committed"))]
     if not any(have):
         return []
     return [

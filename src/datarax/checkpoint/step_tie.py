@@ -8,6 +8,10 @@ number, which is consistent in itself. Orbax gives each step it saves a
 save started (written when the step's temporary directory is created, before any item's
 ``finalize``). The manifest records it as ``step_started``, and a restore of an item in a
 step directory checks that the step beside it says the same.
+
+An item saved by one process whose arrays are all in its own files has no manifest: its
+document is the whole item, written last, and its ``save`` entry carries ``step_started``
+itself (:func:`whole_item_tie`; checked by :func:`check_whole_item`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from etils import epath
 
-from datarax.checkpoint.documents import step_of
+from datarax.checkpoint.documents import local_name, step_of
 from datarax.checkpoint.errors import MetadataCheckpointError
 from datarax.checkpoint.safe_files import read_item_file
 
@@ -29,6 +33,8 @@ STEP_STARTED = "step_started"
 """The optional manifest key holding the step's ``init_timestamp_nsecs``."""
 _LIMIT = 1 << 20
 _ATTEMPTS = 100
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
+_WAIT_S = 2.0
 
 
 def _parent(directory: epath.Path | str) -> str:
@@ -36,12 +42,15 @@ def _parent(directory: epath.Path | str) -> str:
     return name.rsplit("/", 1)[0] if "://" in name else os.path.dirname(name)
 
 
-def step_started(directory: epath.Path | str) -> int | None:
+def step_started(directory: epath.Path | str, *, wait: bool = False) -> int | None:
     """``init_timestamp_nsecs`` of the step the item ``directory`` is in, or ``None`` where
     its parent has no readable ``_CHECKPOINT_METADATA`` holding one (an item saved outside
     a ``CheckpointManager``). Orbax rewrites that file in place (truncating it first) from
     its metadata thread, even while items are finalized: a file that does not parse is read
-    again, for up to a second.
+    again, for up to a second. With ``wait``, in a step directory Orbax is still writing
+    (``<step>.orbax-checkpoint-tmp``, or any step directory on object storage), a missing
+    file is waited for too, for up to two seconds: an async ``CheckpointManager`` writes it
+    from another thread, possibly after the item's own writes start.
 
     Examples:
         >>> import json, pathlib, tempfile
@@ -55,10 +64,15 @@ def step_started(directory: epath.Path | str) -> int | None:
         >>> step_started(step / "data")
         1700000000123456789
     """
+    parent = _parent(directory)
+    # Orbax is still writing a local step with a temporary name; on object storage a step
+    # has its own name throughout the save.
+    remote_step = local_name(parent) is None and step_of(directory) is not None
+    writing = _ORBAX_TMP in parent or remote_step
+    deadline = time.monotonic() + _WAIT_S if wait and writing else 0.0
     for _ in range(_ATTEMPTS):
-        try:
-            data = read_item_file(_parent(directory), STEP_METADATA, limit=_LIMIT)
-        except (MetadataCheckpointError, OSError):  # missing, not a regular file, unreadable
+        data = _read_or_wait(parent, deadline)
+        if data is None:
             return None
         try:
             metadata = json.loads(data)
@@ -70,6 +84,25 @@ def step_started(directory: epath.Path | str) -> int | None:
         started = metadata.get("init_timestamp_nsecs") if type(metadata) is dict else None
         return started if type(started) is int else None
     return None
+
+
+def _read_or_wait(parent: str, deadline: float) -> bytes | None:
+    """``parent``'s ``_CHECKPOINT_METADATA``, or ``None`` where it is missing (or not a
+    regular file, or unreadable) and still is at ``deadline``."""
+    while True:
+        try:
+            return read_item_file(parent, STEP_METADATA, limit=_LIMIT)
+        except (MetadataCheckpointError, OSError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.001)
+
+
+def whole_item_tie(directory: epath.Path | str) -> dict[str, int | None]:
+    """What the ``save`` entry of a document that is its whole item (one process, no
+    manifest) adds: ``{"step_started": <the step's init_timestamp_nsecs, or None>}``. Call
+    it where the document is written, inside the step directory Orbax created."""
+    return {STEP_STARTED: step_started(directory, wait=True)}
 
 
 def check_step_started(
