@@ -271,7 +271,15 @@ def test_item_files_are_read_exactly_whole_first_bytes_or_mutable(tmp_path):
     assert read_item_file(tmp_path, "f", first=100) == data[:100]
     assert read_item_file(tmp_path, "f", first=len(data) + 50) == data
     mutable = read_item_file(tmp_path, "f", size=len(data), mutable=True)
-    assert type(mutable) is bytearray and mutable == data
+    assert type(mutable) is np.ndarray and mutable.dtype == np.uint8 and mutable.flags.writeable
+    assert mutable.tobytes() == data
+    big = bytes(range(251)) * (41 << 12)  # 41 MiB and some: mapped memory, read in 6 parts
+    (tmp_path / "big").write_bytes(big)
+    parts: list[bytes] = []
+    mapped = read_item_file(tmp_path, "big", size=len(big), mutable=True, on_chunk=parts.append)
+    assert mapped.flags.writeable and mapped.tobytes() == big
+    assert [len(p) for p in parts] == [8 << 20] * 5 + [len(big) - (40 << 20)]
+    assert b"".join(parts) == big
     (tmp_path / "empty").write_bytes(b"")
     assert read_item_file(tmp_path, "empty") == b""
 
@@ -279,7 +287,7 @@ def test_item_files_are_read_exactly_whole_first_bytes_or_mutable(tmp_path):
 def test_a_file_that_grows_or_shrinks_after_its_size_was_taken_reads_differently(tmp_path):
     import os
 
-    from datarax.checkpoint.safe_files import _read_fd
+    from datarax.checkpoint.safe_files import _read_array, _read_fd
 
     path = tmp_path / "f"
     path.write_bytes(b"x" * 1000)
@@ -287,11 +295,35 @@ def test_a_file_that_grows_or_shrinks_after_its_size_was_taken_reads_differently
     try:
         with open(path, "ab") as f:
             f.write(b"more")
-        assert len(_read_fd(fd, 1000, None, False)) == 1001  # the caller sees 1001 != 1000
+        assert len(_read_fd(fd, 1000, None)) == 1001  # the caller sees 1001 != 1000
         os.lseek(fd, 0, os.SEEK_SET)
         os.truncate(path, 10)
-        assert len(_read_fd(fd, 1000, None, False)) == 10
-        os.lseek(fd, 0, os.SEEK_SET)
-        assert _read_fd(fd, 1000, None, True) == b""  # shorter than its size: reported
+        assert len(_read_fd(fd, 1000, None)) == 10
+        for chunks in (None, []):
+            os.lseek(fd, 0, os.SEEK_SET)
+            on_chunk = None if chunks is None else chunks.append
+            assert _read_array(fd, 1000, on_chunk) == b""  # shorter than its size: reported
+            assert chunks in (None, [])  # and no part of it handed on
     finally:
         os.close(fd)
+
+
+def test_a_blob_of_several_parts_hashed_while_read_catches_damage_in_any_part(tmp_path):
+    # Over 8 MiB: read in parts, each hashed on another thread as soon as it is read.
+    index = np.random.default_rng(3).permutation(1_200_000).astype(np.int64)  # 9.6 MB
+    item = Metadata(index=index, rng_key=jax.random.split(jax.random.key(2), 1000))
+    directory = tmp_path / "item"
+    directory.mkdir()
+    handler = MetadataCheckpointHandler()
+    handler.save(epath.Path(directory), MetadataSave(item))
+    blob = directory / "process_0.bin"
+    assert blob.stat().st_size > 9_600_000
+    restored = handler.restore(epath.Path(directory), MetadataRestore())
+    np.testing.assert_array_equal(restored.index, index)
+    data = blob.read_bytes()
+    for at in (0, (8 << 20) - 1, 8 << 20, len(data) - 1):
+        blob.write_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :])
+        with pytest.raises(MetadataCheckpointError, match=r"process_0\.bin: its sha256 differs"):
+            handler.restore(epath.Path(directory), MetadataRestore())
+    blob.write_bytes(data)
+    np.testing.assert_array_equal(handler.restore(epath.Path(directory)).index, index)

@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -64,7 +65,9 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
     fails before Orbax starts; its values are taken at :meth:`async_save`'s entry (the
     ``CheckpointManager.save`` call), and files are written in the commit futures it
     returns. Large host arrays go to a binary file, ``process_<i>.bin``, small ones into
-    the document; ``finalize`` then lists every file in ``item_manifest.jsonl``.
+    the document. Saved by several processes (or with Orbax's array files), the item then gets
+    ``item_manifest.jsonl`` from ``finalize``, listing every file; a single process's
+    document, written last, is the whole item and ties itself to its step.
 
     Examples:
         >>> import tempfile
@@ -278,7 +281,7 @@ _HASH_IN_BACKGROUND = 1 << 20
 _hasher: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def read_blob(directory: epath.Path, doc: dict[str, Any]) -> bytearray:
+def read_blob(directory: epath.Path, doc: dict[str, Any]) -> np.ndarray:
     """The blob of ``doc``'s process (``process_<i>.bin``), checked against ``doc``.
 
     Raises:
@@ -291,16 +294,24 @@ def read_blob(directory: epath.Path, doc: dict[str, Any]) -> bytearray:
 
 def _read_blob(
     directory: epath.Path, doc: dict[str, Any]
-) -> tuple[bytearray, concurrent.futures.Future[str]]:
-    """This process's blob (of the size the document gives), and its sha256 being computed
-    (on a background thread when the blob is large)."""
-    name = blob_file_name(doc["process_index"])
-    data = read_item_file(directory, name, size=doc["blob"]["size"], mutable=True)
-    digest: concurrent.futures.Future[str] = concurrent.futures.Future()
-    if len(data) < _HASH_IN_BACKGROUND:
-        digest.set_result(hashlib.sha256(data).hexdigest())
+) -> tuple[np.ndarray, concurrent.futures.Future[str]]:
+    """This process's blob (of the size the document gives), and its sha256 being computed:
+    a large blob is hashed on a background thread, part by part as it is read."""
+    name, size = blob_file_name(doc["process_index"]), doc["blob"]["size"]
+    if size < _HASH_IN_BACKGROUND:
+        data = read_item_file(directory, name, size=size, mutable=True)
+        digest: concurrent.futures.Future[str] = concurrent.futures.Future()
+        digest.set_result(hashlib.sha256(data.data).hexdigest())
         return data, digest
-    return data, _hash_pool().submit(lambda: hashlib.sha256(data).hexdigest())
+    hasher, pool = hashlib.sha256(), _hash_pool()
+    data = read_item_file(
+        directory,
+        name,
+        size=size,
+        mutable=True,
+        on_chunk=lambda part: pool.submit(hasher.update, part),
+    )
+    return data, pool.submit(hasher.hexdigest)  # one thread: after every part
 
 
 def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:

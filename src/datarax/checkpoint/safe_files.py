@@ -10,11 +10,14 @@ mention files inside the item.
 
 from __future__ import annotations
 
+import mmap
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from typing import Any, Literal, overload
 
+import numpy as np
 from etils import epath
 
 from datarax.checkpoint.documents import damaged, local_name
@@ -131,7 +134,8 @@ def read_item_file(
     size: int | None = ...,
     first: int | None = ...,
     mutable: Literal[True],
-) -> bytearray: ...
+    on_chunk: Callable[[memoryview], object] | None = ...,
+) -> np.ndarray: ...
 @overload
 def read_item_file(
     directory: epath.Path | str,
@@ -141,6 +145,7 @@ def read_item_file(
     size: int | None = ...,
     first: int | None = ...,
     mutable: Literal[False] = ...,
+    on_chunk: None = ...,
 ) -> bytes: ...
 def read_item_file(
     directory: epath.Path | str,
@@ -150,7 +155,8 @@ def read_item_file(
     size: int | None = None,
     first: int | None = None,
     mutable: bool = False,
-) -> bytes | bytearray:
+    on_chunk: Callable[[memoryview], object] | None = None,
+) -> bytes | np.ndarray:
     """Reads the regular file ``rel`` of an item (see the module docstring).
 
     Args:
@@ -160,22 +166,28 @@ def read_item_file(
         limit: The largest size accepted, checked before reading.
         size: The exact size expected, checked before reading.
         first: Read at most this many bytes (a header line).
-        mutable: Return a ``bytearray`` (arrays built on it are writeable, with no copy).
+        mutable: Return a NumPy ``uint8`` array (arrays built on it are writeable, with no
+            copy), read into memory that is not written first (see :func:`_new_buffer`).
+        on_chunk: With ``mutable``, called with each part of the array as soon as it is
+            read, in order (parts of 8 MiB): a digest computed on another thread meanwhile
+            is done soon after the read.
 
     Raises:
         MetadataCheckpointError: Missing, not a regular file, or of the wrong size.
     """
     path, actual, fd = open_item_file(directory, rel)
-    data: bytes | bytearray
+    data: bytes | np.ndarray
     try:
         _check_size(path, actual, limit, size)
         if fd is None:
             n = -1 if first is None else first
             with epath.Path(path).open("rb") as remote:
                 raw: bytes = remote.read(n)  # type: ignore[assignment]  # etils: IO[str] in any mode
-            data = bytearray(raw) if mutable else raw
+            data = np.frombuffer(bytearray(raw), np.uint8) if mutable else raw
+            if on_chunk is not None:
+                on_chunk(memoryview(raw))
         else:
-            data = _read_fd(fd, actual, first, mutable)
+            data = _read_array(fd, actual, on_chunk) if mutable else _read_fd(fd, actual, first)
     except OSError as e:
         raise MetadataCheckpointError(f"{path}: cannot be read ({e}).") from e
     finally:
@@ -186,19 +198,49 @@ def read_item_file(
     return data
 
 
-def _read_fd(fd: int, actual: int, first: int | None, mutable: bool) -> bytes | bytearray:
-    """Reads a file of ``actual`` bytes (its ``fstat`` size) from ``fd`` in as few system
-    calls as it takes, usually one: a file that grew since is read one byte longer, a file
-    that shrank shorter, so that the caller reports either."""
-    if mutable:
-        data = bytearray(actual)
-        view, got = memoryview(data), 0
-        while got < actual:
-            n = os.readv(fd, [view[got:]])
+_CHUNK = 8 << 20
+_MAPPED = 4 << 20
+
+
+def _new_buffer(size: int) -> np.ndarray:
+    """A writeable ``uint8`` array of ``size`` bytes to read into (not zeroed where large).
+
+    From ``size`` = 4 MiB, anonymous memory mapped with its pages made at once
+    (``MAP_POPULATE``), not ``np.empty``: NumPy asks the kernel for huge pages for arrays of
+    4 MiB and more (``madvise``), and where the kernel must first compact memory to find
+    them, a read into a new 64 MiB array measured 145 ms here, against 22 ms mapped.
+    """
+    if size >= _MAPPED and hasattr(mmap, "MAP_POPULATE"):
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+        return np.frombuffer(mmap.mmap(-1, size, flags=flags), np.uint8)
+    return np.empty(size, np.uint8)
+
+
+def _read_array(
+    fd: int, actual: int, on_chunk: Callable[[memoryview], object] | None
+) -> bytes | np.ndarray:
+    """Reads a file of ``actual`` bytes (its ``fstat`` size) from ``fd`` into a new array, in
+    parts of :data:`_CHUNK` bytes where ``on_chunk`` is given, else in as few system calls
+    as it takes; a file that shrank since is returned empty, for the caller to report."""
+    data = _new_buffer(actual)
+    view, got = data.data, 0
+    while got < actual:
+        start = got
+        end = min(actual, got + _CHUNK) if on_chunk is not None else actual
+        while got < end:
+            n = os.readv(fd, [view[got:end]])
             if n == 0:
                 return b""  # shorter than it was: reported by the caller
             got += n
-        return data
+        if on_chunk is not None:
+            on_chunk(view[start:got])
+    return data
+
+
+def _read_fd(fd: int, actual: int, first: int | None) -> bytes:
+    """Reads a file of ``actual`` bytes (its ``fstat`` size) from ``fd`` in as few system
+    calls as it takes, usually one: a file that grew since is read one byte longer, a file
+    that shrank shorter, so that the caller reports either."""
     want = actual + 1 if first is None else first
     parts = [os.read(fd, want)]
     got = len(parts[0])
