@@ -215,3 +215,15 @@ def test_a_huge_document_is_refused_before_it_is_read(tmp_path):
         MetadataCheckpointError, match=rf"more than the {MAX_DOCUMENT_BYTES + 4097} bytes"
     ):
         _restore(directory)
+
+
+def test_a_signed_document_that_is_not_ascii_is_refused(tmp_path):
+    # Every version writes documents with ensure_ascii: a body with other bytes is not ours.
+    directory = _save(tmp_path)
+    path = directory / "process_0.jsonl"
+    body = path.read_bytes().split(b"\n", 1)[1].replace(b'"key"', '"k\u00e9y"'.encode(), 1)
+    assert b"\xc3\xa9" in body
+    _write_signed(path, body)
+    not_ascii = r"process_0\.jsonl: the document is not ASCII"
+    with pytest.raises(MetadataCheckpointError, match=not_ascii):
+        _restore(directory)

@@ -124,18 +124,18 @@ def parse_document(data: bytes | bytearray, name: str) -> tuple[dict[str, Any], 
     if newline < 0:
         raise damaged(name, "no header line in its first bytes")
     header = parse_header(data[:newline], name)
-    body = data[newline + 1 :]
+    body = memoryview(data)[newline + 1 :]  # not copied: hashed, then decoded once
     if len(body) != header["size"]:
         raise damaged(name, f"the document is {len(body)} bytes, the header says {header['size']}")
     digest = hashlib.sha256(body).hexdigest()
     if digest != header["sha256"]:
         raise damaged(name, f"the document's sha256 is {digest}, not the header's")
     try:
-        doc = json.loads(body)
+        doc = json.loads(str(body, "ascii"))  # written with ensure_ascii, in every version
     except RecursionError as e:
         raise damaged(name, "the document is nested too deeply to be a datarax document") from e
     except ValueError as e:  # cannot happen past the checksum, unless the writer was broken
-        raise damaged(name, f"the document is not valid JSON ({str(e)[:80]})") from e
+        raise damaged(name, f"the document is not ASCII JSON ({str(e)[:80]})") from e
     version = doc.get("format_version") if type(doc) is dict else None
     if type(version) is not int or version != header["format_version"]:
         raise damaged(name, "the document does not repeat the header's format_version")
