@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from flax import nnx
@@ -111,6 +112,44 @@ def test_many_streams_restore_exactly_and_build_the_constructor_s_manager(tmp_pa
             jax.random.key_data(getattr(saved.rngs, name)()),
         )
     assert _streams(restored) == _streams(saved)
+
+
+_DRAWN = ("s00", "s01", "s02", "s23", "metadata", "rbg_a", "unsafe")
+"""Streams drawn from directly: typed threefry, raw uint32, rbg and unsafe_rbg keys."""
+
+
+def _draw(manager: MetadataManager) -> list[list[int]]:
+    """Records, a batch and a key from each of ``_DRAWN``, as key bits."""
+    keys = [manager.create_metadata(record_key=i).rng_key for i in range(3)]
+    keys.append(manager.create_batch_metadata([4, 5]).rng_key)
+    keys.extend(getattr(manager.rngs, name)() for name in _DRAWN)
+    return [np.asarray(jax.random.key_data(k) if is_key(k) else k).tolist() for k in keys]
+
+
+@pytest.mark.parametrize("template", [False, True])
+def test_two_restores_of_one_step_share_nothing_and_advance_independently(tmp_path, template):
+    saved = _many()
+    _advance(saved)
+    with ocp.CheckpointManager(tmp_path) as mngr:
+        mngr.save(1, args=ocp.args.Composite(m=MetadataManagerSave(saved)))
+        mngr.wait_until_finished()
+        restore = lambda: ocp.args.Composite(  # noqa: E731
+            m=MetadataManagerRestore(_many(seed=50) if template else None)
+        )
+        a, b = mngr.restore(1, args=restore())["m"], mngr.restore(1, args=restore())["m"]
+    assert _streams(a) == _streams(b) == _streams(saved)
+    # No Variable, stream, key or count is shared between the two managers.
+    assert not {id(v) for v in _variables(a)} & {id(v) for v in _variables(b)}
+    assert not {id(s) for _, s in a.rngs.items()} & {id(s) for _, s in b.rngs.items()}
+    for (_, sa), (_, sb) in zip(a.rngs.items(), b.rngs.items(), strict=True):
+        assert sa.key.get_value() is not sb.key.get_value()
+        assert not np.shares_memory(sa.count.get_value(), sb.count.get_value())
+    before = _streams(b)
+    drawn = _draw(a)  # a advances: b stays at the saved position...
+    assert _streams(b) == before and b.state.get_value() == saved.state.get_value()
+    assert _streams(a) != before
+    assert _draw(b) == drawn == _draw(saved)  # ...and then goes exactly as a (and saved) went
+    assert _streams(a) == _streams(b) == _streams(saved)
 
 
 def test_a_damaged_stream_among_many_is_refused_naming_it(tmp_path):
