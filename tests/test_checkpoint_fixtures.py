@@ -28,6 +28,7 @@ from datarax.checkpoint import (
     MetadataRestore,
     MetadataSave,
 )
+from datarax.checkpoint.integrity import dumps_document
 from datarax.core.metadata import Metadata, MetadataManager
 
 V2 = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v2" / "7"
@@ -124,7 +125,7 @@ WHOLE = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_v2_whole" / "7"
 
 def _check_big(big: Metadata) -> None:
     assert type(big.index) is np.ndarray and big.index.dtype == np.int64
-    np.testing.assert_array_equal(big.index, (np.arange(20_000, dtype=np.int64) * 7) % 1009)
+    np.testing.assert_array_equal(big.index, (np.arange(1_200_000, dtype=np.int64) * 7) % 1009)
     assert (big.epoch, big.global_step, big.rng_key, big.source_info) == (0, 0, None, None)
 
 
@@ -184,6 +185,44 @@ def test_a_whole_item_fixture_beside_another_saves_step_metadata_is_refused(tmp_
         rf"{metadata['init_timestamp_nsecs']}",
     ):
         handler.restore(epath.Path(tmp_path / "7" / item))
+
+
+def test_a_blob_in_parts_names_the_damaged_part(tmp_path):
+    shutil.copytree(WHOLE, tmp_path / "7")
+    item = tmp_path / "7" / "big"
+    entry = json.loads((item / "process_0.jsonl").read_bytes().split(b"\n")[1])["blob"]
+    assert (entry["size"], entry["part_size"], len(entry["part_sha256"])) == (9_600_000, 8 << 20, 2)
+    blob = item / "process_0.bin"
+    data = blob.read_bytes()
+    for at, span in ((5, "0 to 8388607"), (9_000_000, "8388608 to 9599999")):
+        blob.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+        with pytest.raises(
+            MetadataCheckpointError,
+            match=rf"big/process_0\.bin: its sha256 differs in bytes {span} from the one in "
+            r"process_0\.jsonl",
+        ):
+            MetadataCheckpointHandler().restore(epath.Path(item))
+    blob.write_bytes(data)
+    _check_big(MetadataCheckpointHandler().restore(epath.Path(item)))
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        {"size": 9_600_000, "part_size": 1024, "part_sha256": ["0" * 64] * 9375},  # tiny parts
+        {"size": 9_600_000, "part_size": 8 << 20, "part_sha256": ["0" * 64]},  # one too few
+        {"size": 9_600_000, "part_size": 8 << 20, "part_sha256": ["0" * 64, 7]},
+        {"size": 9_600_000, "part_size": 8 << 20, "sha256": "0" * 64, "part_sha256": []},
+    ],
+)
+def test_a_crafted_blob_entry_is_refused_before_the_blob_is_read(tmp_path, blob):
+    shutil.copytree(WHOLE, tmp_path / "7")
+    path = tmp_path / "7" / "big" / "process_0.jsonl"
+    doc = json.loads(path.read_bytes().split(b"\n")[1])
+    doc["blob"] = blob
+    path.write_bytes(dumps_document(doc))
+    with pytest.raises(MetadataCheckpointError, match=r"its 'blob' entry is malformed"):
+        MetadataCheckpointHandler().restore(epath.Path(tmp_path / "7" / "big"))
 
 
 def test_a_version_2_document_that_is_not_whole_needs_its_manifest(tmp_path):

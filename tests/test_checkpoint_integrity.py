@@ -276,7 +276,9 @@ def test_item_files_are_read_exactly_whole_first_bytes_or_mutable(tmp_path):
     big = bytes(range(251)) * (41 << 12)  # 41 MiB and some: mapped memory, read in 6 parts
     (tmp_path / "big").write_bytes(big)
     parts: list[bytes] = []
-    mapped = read_item_file(tmp_path, "big", size=len(big), mutable=True, on_chunk=parts.append)
+    mapped = read_item_file(
+        tmp_path, "big", size=len(big), mutable=True, on_part=parts.append, part_size=8 << 20
+    )
     assert mapped.flags.writeable and mapped.tobytes() == big
     assert [len(p) for p in parts] == [8 << 20] * 5 + [len(big) - (40 << 20)]
     assert b"".join(parts) == big
@@ -301,8 +303,8 @@ def test_a_file_that_grows_or_shrinks_after_its_size_was_taken_reads_differently
         assert len(_read_fd(fd, 1000, None)) == 10
         for chunks in (None, []):
             os.lseek(fd, 0, os.SEEK_SET)
-            on_chunk = None if chunks is None else chunks.append
-            assert _read_array(fd, 1000, on_chunk) == b""  # shorter than its size: reported
+            parts = None if chunks is None else (chunks.append, 100)
+            assert _read_array(fd, 1000, parts) == b""  # shorter than its size: reported
             assert chunks in (None, [])  # and no part of it handed on
     finally:
         os.close(fd)

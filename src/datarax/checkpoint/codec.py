@@ -33,7 +33,6 @@ future, off the caller's thread.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from typing import Any
 
@@ -47,6 +46,7 @@ from datarax.checkpoint.arrays import (
     find_progression,
     little_endian,
 )
+from datarax.checkpoint.blob_digest import start_digest
 from datarax.checkpoint.decoding import (
     _NO_TARGET,
     decode_item,
@@ -63,7 +63,7 @@ from datarax.core._rng import is_key
 from datarax.core.metadata import Metadata, MetadataManager, RecordMetadata
 
 __all__ = [
-    "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "blob_sha256", "decode_item",
+    "BLOB_THRESHOLD", "FIELDS", "KIND", "_NO_TARGET", "EncodedItem", "decode_item",
     "describe_item", "encode_item", "global_requests", "is_global",
 ]  # fmt: skip
 
@@ -108,7 +108,8 @@ class EncodedItem:
         The parts (NumPy arrays and padding, to write back to back) are empty when the
         arrays went into the document as base64; otherwise the document's ``blob`` entry
         gives their total size and sha256 (with ``digest=False``, only their size: the
-        caller adds :func:`blob_sha256` of the parts, computed while it writes them). Call
+        caller adds :func:`~datarax.checkpoint.blob_digest.start_digest` of the parts,
+        computed while it writes them). Call
         it once.
         """
         hosts = []
@@ -135,18 +136,8 @@ class EncodedItem:
                 if len(part):
                     parts.append(part)
             offset += array.nbytes + pad
-        self.doc["blob"] = {"size": offset}
-        if digest:
-            self.doc["blob"]["sha256"] = blob_sha256(parts)
+        self.doc["blob"] = start_digest(parts, offset).result() if digest else {"size": offset}
         return self.doc, parts
-
-
-def blob_sha256(parts: list[Any]) -> str:
-    """The sha256 (hex) of the blob :meth:`EncodedItem.finish` laid out as ``parts``."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    return digest.hexdigest()
 
 
 _NAMES: dict[np.dtype, str] = {}

@@ -24,6 +24,7 @@ import jax
 from etils import epath
 
 from datarax.checkpoint.array_files import check_entry, hash_files
+from datarax.checkpoint.blob_digest import manifest_entry, valid_entry
 from datarax.checkpoint.documents import (
     FORMAT_VERSION,
     MAX_DOCUMENT_BYTES,
@@ -102,7 +103,10 @@ def write_item_manifest(directory: epath.Path | str) -> None:
         if blob_file_name(i) in names:  # its digest is in the document: no need to reread it
             path = os.path.join(os.fspath(directory), process_file_name(i))
             _, doc = parse_document(read_item_file(directory, process_file_name(i)), path)
-            blobs[blob_file_name(i)] = check_entry(doc.get("blob"), path)
+            blob = doc.get("blob")
+            if blob is None or not valid_entry(blob):
+                raise damaged(path, "its 'blob' entry is malformed")
+            blobs[blob_file_name(i)] = check_entry(manifest_entry(blob), path)
     files = hash_files(directory)
     manifest = {
         "format_version": FORMAT_VERSION, "kind": MANIFEST_KIND, "process_count": count,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import threading
 import warnings
 from typing import Any
@@ -15,11 +14,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from datarax.checkpoint.array_files import verify_files
+from datarax.checkpoint.blob_digest import BlobCheck, start_digest
 from datarax.checkpoint.codec import (
     _NO_TARGET,
     KIND,
     EncodedItem,
-    blob_sha256,
     decode_item,
     describe_item,
     encode_item,
@@ -187,16 +186,16 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         values = self._restore_arrays(directory, requests, read) if requests else {}
         if "blob" not in doc:
             return decode_item(doc, where, target, values, checked=True)
-        blob, digest = _read_blob(directory, doc)
+        blob, differs = _read_blob(directory, doc)
         # The arrays are built while the blob is hashed (hashlib releases the GIL); they
         # are returned only once the digest matched. Where building them fails, a damaged
         # blob is the cause to report, not the bad value it decoded to.
         try:
             restored = decode_item(doc, where, target, values, blob, checked=True)
         except Exception:
-            _check_blob(directory, doc, digest.result())
+            _check_blob(directory, doc, differs.result())
             raise
-        _check_blob(directory, doc, digest.result())
+        _check_blob(directory, doc, differs.result())
         return restored
 
     def _restore_arrays(
@@ -260,7 +259,7 @@ def _write_process(directory: epath.Path, encoded: EncodedItem, whole: bool) -> 
     doc, parts = encoded.finish(digest=False)
     index = doc["process_index"]
     if parts:
-        digest = _hash_pool().submit(blob_sha256, parts)
+        digest = start_digest(parts, doc["blob"]["size"])
         path = directory / blob_file_name(index)
         if local_name(path) is None:
             write_bytes(path, b"".join(bytes(p) for p in parts))
@@ -268,7 +267,7 @@ def _write_process(directory: epath.Path, encoded: EncodedItem, whole: bool) -> 
             with open(path, "wb") as f:
                 for part in parts:
                     f.write(part)
-        doc["blob"]["sha256"] = digest.result()
+        doc["blob"] = digest.result()
     tie = whole_item_tie(directory) if whole else None
     write_document(directory / process_file_name(index), doc, tie=tie)
 
@@ -277,57 +276,37 @@ async def _write_process_async(directory: epath.Path, encoded: EncodedItem, whol
     _write_process(directory, encoded, whole)
 
 
-_HASH_IN_BACKGROUND = 1 << 20
-_hasher: concurrent.futures.ThreadPoolExecutor | None = None
-
-
 def read_blob(directory: epath.Path, doc: dict[str, Any]) -> np.ndarray:
     """The blob of ``doc``'s process (``process_<i>.bin``), checked against ``doc``.
 
     Raises:
         MetadataCheckpointError: Missing, of another size, or of another sha256.
     """
-    data, digest = _read_blob(epath.Path(directory), doc)
-    _check_blob(epath.Path(directory), doc, digest.result())
+    data, differs = _read_blob(epath.Path(directory), doc)
+    _check_blob(epath.Path(directory), doc, differs.result())
     return data
 
 
 def _read_blob(
     directory: epath.Path, doc: dict[str, Any]
-) -> tuple[np.ndarray, concurrent.futures.Future[str]]:
-    """This process's blob (of the size the document gives), and its sha256 being computed:
-    a large blob is hashed on a background thread, part by part as it is read."""
-    name, size = blob_file_name(doc["process_index"]), doc["blob"]["size"]
-    if size < _HASH_IN_BACKGROUND:
-        data = read_item_file(directory, name, size=size, mutable=True)
-        digest: concurrent.futures.Future[str] = concurrent.futures.Future()
-        digest.set_result(hashlib.sha256(data.data).hexdigest())
-        return data, digest
-    hasher, pool = hashlib.sha256(), _hash_pool()
-    data = read_item_file(
-        directory,
-        name,
-        size=size,
-        mutable=True,
-        on_chunk=lambda part: pool.submit(hasher.update, part),
-    )
-    return data, pool.submit(hasher.hexdigest)  # one thread: after every part
-
-
-def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The thread that hashes blobs while they are written or decoded."""
-    global _hasher
-    if _hasher is None:
-        _hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="datarax_hash")
-    return _hasher
-
-
-def _check_blob(directory: epath.Path, doc: dict[str, Any], digest: str) -> None:
-    """Raises unless ``digest`` is the one the document gives for its blob."""
+) -> tuple[np.ndarray, concurrent.futures.Future[str | None]]:
+    """This process's blob (of the size the document gives), and what differs from its
+    digest, being computed: a blob in parts is hashed part by part as it is read."""
+    check = BlobCheck(doc["blob"])
     name = blob_file_name(doc["process_index"])
-    if digest != doc["blob"]["sha256"]:
+    part_size = check.part_size()
+    data = read_item_file(
+        directory, name, size=doc["blob"]["size"], mutable=True,
+        on_part=None if part_size is None else check.on_part, part_size=part_size,
+    )  # fmt: skip
+    return data, check.differs(data)
+
+
+def _check_blob(directory: epath.Path, doc: dict[str, Any], differs: str | None) -> None:
+    """Raises where the blob's digest is not the one the document gives."""
+    if differs is not None:
         raise MetadataCheckpointError(
-            f"{directory / name}: its sha256 differs from the one in "
+            f"{directory / blob_file_name(doc['process_index'])}: {differs} from the one in "
             f"{process_file_name(doc['process_index'])}: the file is damaged, or comes from "
             "another save. Restore an earlier step."
         )

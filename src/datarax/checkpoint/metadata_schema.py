@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from datarax.checkpoint.blob_digest import valid_entry
 from datarax.checkpoint.documents import damaged
 from datarax.checkpoint.shardings import check as check_sharding
 
@@ -51,9 +52,7 @@ def check_document(doc: dict[str, Any], where: str) -> None:
     if not (_is_int(doc["process_index"]) and _is_int(doc["process_count"], 1)):
         raise damaged(where, "process_index or process_count is not a valid int")
     blob = doc.get("blob")
-    if blob is not None and not (
-        type(blob) is dict and set(blob) == {"size", "sha256"} and _is_int(blob["size"])
-    ):
+    if blob is not None and not valid_entry(blob):
         raise damaged(where, "its 'blob' entry is malformed")
     nodes = doc["nodes"]
     if type(nodes) is not list:

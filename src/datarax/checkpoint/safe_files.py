@@ -134,7 +134,8 @@ def read_item_file(
     size: int | None = ...,
     first: int | None = ...,
     mutable: Literal[True],
-    on_chunk: Callable[[memoryview], object] | None = ...,
+    on_part: Callable[[memoryview], object] | None = ...,
+    part_size: int | None = ...,
 ) -> np.ndarray: ...
 @overload
 def read_item_file(
@@ -145,7 +146,8 @@ def read_item_file(
     size: int | None = ...,
     first: int | None = ...,
     mutable: Literal[False] = ...,
-    on_chunk: None = ...,
+    on_part: None = ...,
+    part_size: None = ...,
 ) -> bytes: ...
 def read_item_file(
     directory: epath.Path | str,
@@ -155,7 +157,8 @@ def read_item_file(
     size: int | None = None,
     first: int | None = None,
     mutable: bool = False,
-    on_chunk: Callable[[memoryview], object] | None = None,
+    on_part: Callable[[memoryview], object] | None = None,
+    part_size: int | None = None,
 ) -> bytes | np.ndarray:
     """Reads the regular file ``rel`` of an item (see the module docstring).
 
@@ -168,9 +171,10 @@ def read_item_file(
         first: Read at most this many bytes (a header line).
         mutable: Return a NumPy ``uint8`` array (arrays built on it are writeable, with no
             copy), read into memory that is not written first (see :func:`_new_buffer`).
-        on_chunk: With ``mutable``, called with each part of the array as soon as it is
-            read, in order (parts of 8 MiB): a digest computed on another thread meanwhile
-            is done soon after the read.
+        on_part: With ``mutable``, called with each part of ``part_size`` bytes of the
+            array as soon as it is read, in order: digests computed on other threads
+            meanwhile are done soon after the read.
+        part_size: The size of the parts handed to ``on_part``.
 
     Raises:
         MetadataCheckpointError: Missing, not a regular file, or of the wrong size.
@@ -184,10 +188,13 @@ def read_item_file(
             with epath.Path(path).open("rb") as remote:
                 raw: bytes = remote.read(n)  # type: ignore[assignment]  # etils: IO[str] in any mode
             data = np.frombuffer(bytearray(raw), np.uint8) if mutable else raw
-            if on_chunk is not None:
-                on_chunk(memoryview(raw))
+            if on_part is not None:
+                step = part_size or len(raw) or 1
+                for start in range(0, len(raw), step):
+                    on_part(memoryview(raw)[start : start + step])
         else:
-            data = _read_array(fd, actual, on_chunk) if mutable else _read_fd(fd, actual, first)
+            parts = None if on_part is None else (on_part, part_size or actual)
+            data = _read_array(fd, actual, parts) if mutable else _read_fd(fd, actual, first)
     except OSError as e:
         raise MetadataCheckpointError(f"{path}: cannot be read ({e}).") from e
     finally:
@@ -198,7 +205,6 @@ def read_item_file(
     return data
 
 
-_CHUNK = 8 << 20
 _MAPPED = 4 << 20
 
 
@@ -217,23 +223,23 @@ def _new_buffer(size: int) -> np.ndarray:
 
 
 def _read_array(
-    fd: int, actual: int, on_chunk: Callable[[memoryview], object] | None
+    fd: int, actual: int, parts: tuple[Callable[[memoryview], object], int] | None
 ) -> bytes | np.ndarray:
-    """Reads a file of ``actual`` bytes (its ``fstat`` size) from ``fd`` into a new array, in
-    parts of :data:`_CHUNK` bytes where ``on_chunk`` is given, else in as few system calls
-    as it takes; a file that shrank since is returned empty, for the caller to report."""
+    """Reads a file of ``actual`` bytes (its ``fstat`` size) from ``fd`` into a new array,
+    handing each part to ``parts = (on_part, part_size)`` as soon as it is read, where
+    given; a file that shrank since is returned empty, for the caller to report."""
     data = _new_buffer(actual)
     view, got = data.data, 0
+    on_part, step = parts if parts is not None else (None, actual)
     while got < actual:
-        start = got
-        end = min(actual, got + _CHUNK) if on_chunk is not None else actual
+        start, end = got, min(actual, got + step)
         while got < end:
             n = os.readv(fd, [view[got:end]])
             if n == 0:
                 return b""  # shorter than it was: reported by the caller
             got += n
-        if on_chunk is not None:
-            on_chunk(view[start:got])
+        if on_part is not None:
+            on_part(view[start:got])
     return data
 
 
