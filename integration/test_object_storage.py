@@ -249,3 +249,37 @@ def test_sharded_item_makes_no_more_requests_than_json_and_standard_save(request
         transfers(request_counts["gs"], "sharded", api, op) for api in ("datarax", "json")
     )
     assert ours <= json_, f"{requests}\n{json_requests}"
+
+
+UNCOMMITTED = """
+import sys
+import orbax.checkpoint as ocp
+from etils import epath
+from datarax.checkpoint import MetadataSave, latest_restorable_step
+from datarax.core.metadata import Metadata
+
+root = sys.argv[1]
+with ocp.CheckpointManager(root) as mngr:
+    for step in (1, 2):
+        mngr.save(step, args=ocp.args.Composite(data=MetadataSave(Metadata(index=step))))
+        mngr.wait_until_finished()
+print("restorable before", latest_restorable_step(root), flush=True)
+step = epath.Path(root) / "2"
+for marker in [step / "commit_success.txt", *step.glob("*/commit_success.txt")]:
+    marker.unlink()  # as if killed before Orbax committed the step (and marked its items)
+print("restorable after", latest_restorable_step(root), flush=True)
+"""
+
+
+@pytest.mark.timeout(200)
+def test_a_step_on_object_storage_without_its_commit_marker_is_not_restorable(gcs, processes):
+    # Its items are complete (a single process's item is its document alone, written before
+    # Orbax commits the step), and no commit_success.txt is there yet, the step's or an
+    # item's: only the step's marker says the save finished.
+    gcs.create_bucket("datarax-uncommitted")
+    processes.env.update(gcs.env())
+    job = processes.python("-c", UNCOMMITTED, "gs://datarax-uncommitted/run")
+    assert job.wait(timeout=150) == 0, job.output
+    assert "restorable before 2" in job.lines, job.output
+    assert "restorable after 1" in job.lines, job.output
+    assert "run/2/data/process_0.jsonl" in gcs.list_objects("datarax-uncommitted", "run/2/")
