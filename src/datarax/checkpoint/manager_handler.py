@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -24,6 +23,7 @@ from datarax.checkpoint.manager_codec import (
     encode_manager,
 )
 from datarax.checkpoint.manager_template import built_alike, manager_differences
+from datarax.checkpoint.manifest import whole_item
 from datarax.checkpoint.step_tie import whole_item_tie
 from datarax.checkpoint.sync_save import run_now, settle_refused_save
 from datarax.core._position import build_manager, read_position
@@ -166,14 +166,14 @@ class MetadataManagerCheckpointHandler(ocp.AsyncCheckpointHandler):
         every process's file to this save. Orbax runs this once, on its primary process,
         after every process committed. A single process's document is the whole item and
         ties itself to its step: nothing is written."""
-        if jax.process_count() > 1:
+        if not whole_item():
             write_item_manifest(directory)
 
 
 async def _write_manager(path: epath.Path, doc: dict[str, Any]) -> None:
     """Writes this process's document: the whole item's, tied to its step, when this job
     runs one process."""
-    tie = whole_item_tie(path.parent) if jax.process_count() == 1 else None
+    tie = whole_item_tie(path.parent) if whole_item() else None
     write_document(path, doc, tie=tie)
 
 

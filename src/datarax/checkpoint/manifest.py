@@ -78,6 +78,12 @@ def _header_of(directory: epath.Path, name: str) -> dict[str, Any]:
     return parse_header(line[:newline], path)
 
 
+def whole_item(global_arrays: bool = False) -> bool:
+    """Whether an item saved now is its document alone (no manifest): saved by one process,
+    without Orbax's files for global arrays. Both handlers' saves and ``finalize`` ask."""
+    return not global_arrays and jax.process_count() == 1
+
+
 def write_item_manifest(directory: epath.Path | str) -> None:
     """Writes ``item_manifest.jsonl`` for the item in ``directory`` (see the module docstring).
 
@@ -193,14 +199,14 @@ def read_item_document(
         raise _count_mismatch(path, manifest["process_count"], count)
     header, doc = parse_document(data, path)
     if manifest is None:
-        if header["format_version"] >= 2 and not _is_whole(doc):
-            raise MetadataCheckpointError(
-                f"{manifest_path}: missing. An item of format version "
-                f"{header['format_version']} saved by several processes, or with Orbax's "
-                "array files, gets its manifest once every process has committed, so this "
-                "save never finished; restore an earlier step."
-            )
         if header["format_version"] >= 2:
+            if not _is_whole(doc):
+                raise MetadataCheckpointError(
+                    f"{manifest_path}: missing. An item of format version "
+                    f"{header['format_version']} saved by several processes, or with Orbax's "
+                    "array files, gets its manifest once every process has committed, so "
+                    "this save never finished; restore an earlier step."
+                )
             _check_whole(directory, doc, path)
     else:
         _check_tie(directory, doc, header, manifest, path, manifest_path)
@@ -333,4 +339,4 @@ def _check_whole(directory: str, doc: dict[str, Any], path: str) -> None:
     if doc.get("process_count") != 1:
         raise damaged(path, "a whole-item document of more than one process")
     _check_step_directory(directory, save["step"], path, path)
-    check_step_started(directory, {"step": save["step"], STEP_STARTED: save[STEP_STARTED]}, path)
+    check_step_started(directory, save, path)

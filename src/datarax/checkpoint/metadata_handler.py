@@ -8,7 +8,6 @@ import threading
 import warnings
 from typing import Any
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -39,6 +38,7 @@ from datarax.checkpoint.manifest import (
     ItemDocument,
     read_item_document,
     read_manifest,
+    whole_item,
     write_item_manifest,
 )
 from datarax.checkpoint.metadata_schema import check_document
@@ -135,7 +135,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
                 )
                 or []
             )
-        whole = not encoded.global_arrays and jax.process_count() == 1
+        whole = whole_item(bool(encoded.global_arrays))
         futures.append(
             ocp.future.CommitFutureAwaitingContractedSignals(
                 _write_process_async(directory, encoded, whole), name="datarax_metadata_save"
@@ -163,7 +163,7 @@ class MetadataCheckpointHandler(ocp.AsyncCheckpointHandler):
         directory = epath.Path(directory)
         if arrays:
             self._arrays.finalize(directory)
-        if arrays or jax.process_count() > 1:
+        if not whole_item(arrays):
             write_item_manifest(directory)
 
     def restore(self, directory: epath.Path, args: MetadataRestore | None = None) -> Any:

@@ -11,7 +11,8 @@ step directory checks that the step beside it says the same.
 
 An item saved by one process whose arrays are all in its own files has no manifest: its
 document is the whole item, written last, and its ``save`` entry carries ``step_started``
-itself (:func:`whole_item_tie`; checked by :func:`check_whole_item`).
+itself (:func:`whole_item_tie`), which a restore checks with :func:`check_step_started`
+as it checks a manifest's.
 """
 
 from __future__ import annotations
